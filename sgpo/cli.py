@@ -1,0 +1,50 @@
+"""The `sgpo` command line: one entry point, one subcommand per stage of the workflow.
+
+Each subcommand lives beside the code it drives and exposes ``register(subparsers)``;
+modules are imported lazily so `sgpo --help` stays fast and a missing optional
+dependency of one stage never breaks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# subcommand -> module providing ``register(subparsers)``
+SUBCOMMANDS: dict[str, str] = {
+    "train": "sgpo.trainer.cli",
+    "extract": "sgpo.strategies.cli",
+    "score-strategies": "sgpo.strategies.cli",
+    "eval": "sgpo.evaluation.cli",
+    "report": "sgpo.evaluation.cli",
+    "demo": "sgpo.demo.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sgpo",
+        description="Strategy-Guided Policy Optimization: extract strategies, train, evaluate.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module_name in dict.fromkeys(SUBCOMMANDS.values()):
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

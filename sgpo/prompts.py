@@ -1,0 +1,39 @@
+"""Prompt construction shared by training, evaluation and strategy scoring, so the policy
+is evaluated with exactly the instruction it was trained with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+GUIDED_TEMPLATE = (
+    "{problem}\n\n"
+    "<strategy>\n{strategy}\n</strategy>\n\n"
+    "Use the strategy above as a hint for how to approach the problem, but write the solution "
+    "as your own work: do not mention the strategy or the hint. "
+)
+
+
+def user_message(problem: str, strategy: str | None = None, instruction: str = BOXED_INSTRUCTION) -> str:
+    """The user turn: the problem, optionally a ``<strategy>`` block, then the instruction."""
+    if strategy:
+        return GUIDED_TEMPLATE.format(problem=problem.strip(), strategy=strategy.strip()) + instruction
+    return f"{problem.strip()}\n\n{instruction}"
+
+
+def messages(problem: str, strategy: str | None = None, system: str | None = None,
+             instruction: str = BOXED_INSTRUCTION) -> list[dict[str, str]]:
+    msgs: list[dict[str, str]] = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    msgs.append({"role": "user", "content": user_message(problem, strategy, instruction)})
+    return msgs
+
+
+def render(tokenizer: Any, msgs: list[dict[str, str]]) -> str:
+    """Apply the tokenizer's chat template (generation prompt appended); plain text fallback
+    for tokenizers without one (tiny random test models)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
