@@ -1,0 +1,84 @@
+"""Training problems: loading, validation before anything expensive starts, and the join
+with extracted strategies. A bad row stops the run with the file, row and field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sgpo.io import DataError, read_records
+from sgpo.strategies.schema import StrategyError, strategy_text
+
+
+@dataclass
+class Problem:
+    id: str
+    problem: str
+    answer: str
+    strategy: str | None = None  # rendered strategy text
+    teacher_response: str | None = None
+
+
+@dataclass
+class ProblemSet:
+    problems: list[Problem]
+    source: str
+    without_strategy: int  # problems that train with the RL term only
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+
+def _text(rec: dict, field: str, source: str, row: int, required: bool) -> str | None:
+    value = rec.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise DataError(source, "missing or empty", row=row, field=field)
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise DataError(source, f"expected text, got {type(value).__name__}", row=row, field=field)
+    return value
+
+
+def build_problems(records: list[dict], source: str, *, problem_field: str = "problem", answer_field: str = "answer",
+                   strategy_field: str = "strategy", teacher_response_field: str = "teacher_response",
+                   id_field: str = "id", strategies: dict[str, str] | None = None,
+                   need_teacher_response: bool = False) -> ProblemSet:
+    """Validate every row and build :class:`Problem` objects. ``strategies`` (id -> text, from
+    ``sgpo extract``) overrides the strategy column. Row numbers in errors are 1-based."""
+    if not records:
+        raise DataError(source, "no rows")
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for row, rec in enumerate(records, start=1):
+        pid = str(rec[id_field]) if rec.get(id_field) is not None else f"row-{row}"
+        if pid in seen:
+            raise DataError(source, f"duplicate id '{pid}' (first at row {seen[pid]})", row=row, field=id_field)
+        seen[pid] = row
+        problem = _text(rec, problem_field, source, row, required=True)
+        answer = _text(rec, answer_field, source, row, required=True)
+        teacher = _text(rec, teacher_response_field, source, row, required=need_teacher_response)
+        if strategies is not None:
+            strategy = strategies.get(pid)
+        else:
+            try:
+                strategy = strategy_text(rec.get(strategy_field))
+            except StrategyError as e:
+                raise DataError(source, str(e), row=row, field=strategy_field) from None
+        problems.append(Problem(pid, problem, answer, strategy, teacher))  # type: ignore[arg-type]
+    without = sum(p.strategy is None for p in problems)
+    return ProblemSet(problems, source, without)
+
+
+def load_problems(path: str, *, split: str = "train", strategies_path: str = "", max_problems: int = 0,
+                  **fields: object) -> ProblemSet:
+    records = read_records(path, split=split)
+    if max_problems:
+        records = records[:max_problems]
+    strategies = None
+    if strategies_path:
+        from sgpo.strategies.store import load_strategies
+
+        strategies = load_strategies(strategies_path)
+    return build_problems(records, str(path), strategies=strategies, **fields)  # type: ignore[arg-type]

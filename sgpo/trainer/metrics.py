@@ -1,0 +1,77 @@
+"""Turn a step's rollout statistics and per-micro-batch loss metrics into one flat record of
+numbers (gathered over processes) for metrics.jsonl, the progress bar and trackers.
+Every key is described in docs/metrics.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# loss terms are already divided by the global token count: they add up over micro-batches
+_SUMMED = ("loss", "loss/rl", "loss/offpolicy", "loss/nll", "loss/distill")
+
+
+def _gather(acc: Any, t: torch.Tensor) -> torch.Tensor:
+    if acc.num_processes == 1:
+        return t.float()
+    from accelerate.utils import gather_object
+
+    return torch.tensor([x for part in gather_object([t.float().tolist()]) for x in part])
+
+
+def top_share(values: torch.Tensor, frac: float = 0.1) -> float:
+    """Share of the total carried by the largest ``frac`` of the values (selectivity of the KL)."""
+    if values.numel() == 0 or float(values.sum()) <= 0:
+        return float("nan")
+    k = max(1, int(round(frac * values.numel())))
+    return float(values.topk(k).values.sum() / values.sum())
+
+
+class StepMetrics:
+    @staticmethod
+    def build(acc: Any, step: int, batch: Any, micro: list[dict[str, torch.Tensor]], **scalars: float) -> dict[str, float]:
+        rec: dict[str, float] = {"step": step}
+        for key, t in sorted(batch.stats.items()):
+            v = _gather(acc, t.flatten())
+            v = v[~v.isnan()]
+            if key == "no_strategy":
+                rec["problems/no_strategy"] = float(v.sum())
+            elif key in ("p_auto", "p_guided"):
+                rec[key] = float(v.mean()) if v.numel() else float("nan")
+            elif key == "weight":
+                rec["weight/mean"] = float(v.mean()) if v.numel() else float("nan")
+                rec["weight/nonzero_frac"] = float((v > 0).float().mean()) if v.numel() else float("nan")
+            elif key == "weight_guided":
+                rec["weight/mean_with_strategy"] = float(v.mean()) if v.numel() else float("nan")
+            else:
+                rec[f"{key}_mean"] = float(v.mean()) if v.numel() else float("nan")
+        rec.update(_loss_metrics(acc, micro))
+        rec.update({k: float(v) for k, v in scalars.items()})
+        return rec
+
+
+def _loss_metrics(acc: Any, micro: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key in _SUMMED:
+        local = sum(float(m[key]) for m in micro if key in m)
+        present = any(key in m for m in micro)
+        if key != "loss" and not _any_process(acc, present):
+            continue
+        out[key] = float(_gather(acc, torch.tensor([local])).sum())
+    kl = [m["distill/kl_per_token"].float() for m in micro if "distill/kl_per_token" in m]
+    kl_all = _gather(acc, torch.cat(kl) if kl else torch.zeros(0))
+    if kl_all.numel():
+        out["distill/kl_mean"] = float(kl_all.mean())
+        out["distill/top10_share"] = top_share(kl_all, 0.1)
+        out["distill/tokens"] = float(kl_all.numel())
+    for key in ("distill/masked_frac", "rl/clip_frac_low", "rl/clip_frac_high", "rl/ratio_mean"):
+        vals = torch.tensor([float(m[key]) for m in micro if key in m])
+        vals = _gather(acc, vals)
+        if vals.numel():
+            out[key] = float(vals.mean())
+    return out
+
+
+def _any_process(acc: Any, flag: bool) -> bool:
+    return bool(_gather(acc, torch.tensor([float(flag)])).sum() > 0)

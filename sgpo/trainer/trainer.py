@@ -1,0 +1,262 @@
+"""The training driver: set up, then per step sample and score rollouts, compute teacher
+targets, update the policy, log and checkpoint. The math lives in sgpo.core; which
+trajectories feed which term lives in sgpo.trainer.methods."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sgpo.data import Problem, ProblemSet, load_problems
+from sgpo.trainer.config import TrainConfig
+from sgpo.trainer.loss import LossSettings, PolicyLoss
+from sgpo.trainer.methods import StepInputs, collect
+from sgpo.trainer.metrics import StepMetrics
+from sgpo.trainer.update import accumulate_gradients, clip_and_check
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model: Any  # the trained causal LM (unwrapped)
+    tokenizer: Any
+    history: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0
+
+
+def load_training_problems(cfg: TrainConfig) -> ProblemSet:
+    d = cfg.data
+    need_teacher = cfg.algorithm.method in ("sft", "luffy")
+    if d.path == "demo":
+        from sgpo.demo.problems import make_problems
+        from sgpo.data import build_problems
+
+        return build_problems(make_problems(d.demo_problems, seed=cfg.training.seed), "demo",
+                              teacher_response_field="solution", need_teacher_response=need_teacher)
+    return load_problems(d.path, split=d.split, strategies_path=d.strategies_path, max_problems=d.max_problems,
+                         problem_field=d.problem_field, answer_field=d.answer_field, strategy_field=d.strategy_field,
+                         teacher_response_field=d.teacher_response_field, id_field=d.id_field,
+                         need_teacher_response=need_teacher)
+
+
+def step_problems(problems: list[Problem], step: int, per_step: int, seed: int, rank: int, world: int) -> list[Problem]:
+    """This process's share of the step's prompts: epochs walk a seeded permutation, so a
+    resumed run sees exactly the problems an uninterrupted one would."""
+    n = len(problems)
+    out = []
+    for j in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(j, n)
+        order = list(range(n))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        out.append(problems[order[pos]])
+    return out[rank::world]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, problems: ProblemSet | None = None, model: Any = None, tokenizer: Any = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg.validate()
+        self.out = Path(cfg.run.output_dir)
+        self.accelerator = Accelerator(log_with=cfg.run.report_to or None, project_dir=str(self.out))
+        set_seed(cfg.training.seed)
+        self.problems = problems if problems is not None else load_training_problems(cfg)
+        self.tokenizer, lm = self._load_model(model, tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id
+        settings = LossSettings(**{k: getattr(cfg.algorithm, k) for k in LossSettings.__dataclass_fields__
+                                   if hasattr(cfg.algorithm, k)}, chunk_size=cfg.training.distill_chunk_size)
+        t = cfg.training
+        optimizer = torch.optim.AdamW(lm.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
+        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(PolicyLoss(lm, settings), optimizer, scheduler)
+        self.teacher = None
+        if cfg.algorithm.teacher == "initial":
+            self.teacher = copy.deepcopy(lm).eval().requires_grad_(False)
+        self.generator = None
+        self.step, self.competence, self.skipped, self.nonfinite_run = 0, {}, 0, 0
+        self.history: list[dict[str, float]] = []
+
+    def _load_model(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        from sgpo.compat import disable_dropout_in_model
+        from sgpo.models import load_model, load_tokenizer
+
+        m = self.cfg.model
+        tokenizer = tokenizer or load_tokenizer(m.name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        lm = model if model is not None else load_model(m.name_or_path, dtype=m.dtype)
+        disable_dropout_in_model(lm)
+        if m.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lm.config.use_cache = False
+        return tokenizer, lm
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoints(self) -> list[Path]:
+        found = [p for p in self.out.glob("checkpoint-*") if (p / STATE_FILE).exists()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self) -> None:
+        path = self.out / f"checkpoint-{self.step}"
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            state = {"step": self.step, "competence": self.competence, "skipped": self.skipped,
+                     "nonfinite_run": self.nonfinite_run}
+            (path / STATE_FILE).write_text(json.dumps(state))
+            for old in self._checkpoints()[:-self.cfg.run.save_total_limit or None]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def maybe_resume(self) -> None:
+        ckpts = self._checkpoints() if self.cfg.run.resume else []
+        if not ckpts:
+            return
+        self.accelerator.load_state(str(ckpts[-1]))
+        state = json.loads((ckpts[-1] / STATE_FILE).read_text())
+        self.step, self.competence = state["step"], state["competence"]
+        self.skipped, self.nonfinite_run = state["skipped"], state["nonfinite_run"]
+        metrics_file = self.out / "metrics.jsonl"
+        if metrics_file.exists():  # drop lines logged after the checkpoint
+            lines = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+            self.history = [h for h in lines if h["step"] <= self.step]
+            if self.accelerator.is_main_process:
+                metrics_file.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        self.accelerator.print(f"resumed from {ckpts[-1]} at step {self.step}")
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _generator(self, lm: Any) -> Any:
+        from sgpo.generation import make_generator
+
+        t = self.cfg.training
+        if t.generation_backend == "hf":
+            return make_generator("hf", lm, self.tokenizer, batch_size=t.generation_batch_size)
+        if self.generator is None:
+            self.generator = make_generator(t.generation_backend, self.cfg.model.name_or_path, self.tokenizer,
+                                            gpu_memory_utilization=t.vllm_gpu_memory_utilization,
+                                            host=t.vllm_host, port=t.vllm_port)
+        self.generator.sync_weights(lm)
+        return self.generator
+
+    def rollout(self) -> Any:
+        from sgpo.compat import unwrap_model_for_generation
+
+        acc, t = self.accelerator, self.cfg.training
+        local = step_problems(self.problems.problems, self.step, t.prompts_per_step, t.seed,
+                              acc.process_index, acc.num_processes)
+        with unwrap_model_for_generation(self.module, acc) as unwrapped:
+            lm = unwrapped.lm
+            inputs = StepInputs(self.tokenizer, self._generator(lm), lm, self.teacher or lm, self.cfg.algorithm,
+                                self.pad_id, t.micro_batch_size, t.distill_chunk_size, self.competence)
+            seed = t.seed * 1_000_003 + self.step * 7919 + acc.process_index
+            return collect(inputs, local, seed=seed)
+
+    def update(self, seqs: list) -> tuple[list[dict], float, float, int]:
+        """PPO epochs x mini-batches optimiser updates on this step's sequences."""
+        a, t = self.cfg.algorithm, self.cfg.training
+        metrics, losses, norms, skipped = [], [], [], 0
+        for _ in range(a.ppo_epochs):
+            for k in range(a.mini_batches):
+                part = seqs[k::a.mini_batches]
+                loss, m = accumulate_gradients(self.accelerator, self.module, part,
+                                               micro_batch_size=t.micro_batch_size, pad_id=self.pad_id)
+                norm, finite = clip_and_check(self.accelerator, self.module, t.max_grad_norm, loss)
+                if finite:
+                    self.optimizer.step()
+                else:
+                    skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics += m
+                losses.append(loss)
+                norms.append(norm)
+        self.scheduler.step()
+        return metrics, sum(losses) / len(losses), max(norms), skipped
+
+    def train(self) -> TrainResult:
+        acc, cfg = self.accelerator, self.cfg
+        self.maybe_resume()
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            acc.print(f"{len(self.problems)} problems from {self.problems.source}; "
+                      f"{self.problems.without_strategy} without a strategy train with the RL term only")
+        acc.init_trackers(self.out.name, config=_flat(cfg.to_dict()))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.training.max_steps, initial=self.step, desc=f"train {cfg.algorithm.method}",
+                   disable=not (cfg.run.progress and acc.is_local_main_process))
+        while self.step < cfg.training.max_steps:
+            self.train_step(bar)
+        bar.close()
+        if cfg.run.save_steps == 0 or self.step % max(cfg.run.save_steps, 1):
+            self.save_checkpoint()
+        acc.end_training()
+        return self._finish()
+
+    def train_step(self, bar: Any) -> None:
+        acc, cfg = self.accelerator, self.cfg
+        t0 = time.perf_counter()
+        batch = self.rollout()
+        t1 = time.perf_counter()
+        metrics, loss, norm, skipped = self.update(batch.sequences)
+        t2 = time.perf_counter()
+        self.step += 1
+        self.skipped += skipped
+        self.nonfinite_run = self.nonfinite_run + 1 if skipped else 0
+        record = StepMetrics.build(acc, self.step, batch, metrics, loss=loss, grad_norm=norm,
+                                   lr=self.scheduler.get_last_lr()[0], skipped=self.skipped,
+                                   time_rollout=t1 - t0, time_update=t2 - t1)
+        self.history.append(record)
+        if acc.is_main_process and self.step % cfg.run.logging_steps == 0:
+            with (self.out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        acc.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", p_a=f"{record.get('p_auto', float('nan')):.2f}")
+        if self.nonfinite_run >= cfg.training.max_nonfinite_in_a_row:
+            raise RuntimeError(f"{self.nonfinite_run} steps in a row had a non-finite loss or gradient norm "
+                               f"(last loss {loss}, grad norm {norm}); stopping. Lower the learning rate or check the data.")
+        if cfg.run.save_steps and self.step % cfg.run.save_steps == 0:
+            self.save_checkpoint()
+
+    def _finish(self) -> TrainResult:
+        acc = self.accelerator
+        lm = acc.unwrap_model(self.module).lm
+        if self.cfg.run.save_final_model:
+            state = acc.get_state_dict(self.module)
+            if acc.is_main_process:
+                final = self.out / "final"
+                lm.save_pretrained(final, state_dict={k[len("lm."):]: v for k, v in state.items()})
+                self.tokenizer.save_pretrained(final)
+        acc.wait_for_everyone()
+        return TrainResult(self.out, lm, self.tokenizer, self.history, self.skipped)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def train(cfg: TrainConfig, problems: ProblemSet | None = None, model: Any = None, tokenizer: Any = None) -> TrainResult:
+    """Train with ``cfg`` (see :class:`sgpo.trainer.config.TrainConfig`); returns the trained model."""
+    return Trainer(cfg, problems, model, tokenizer).train()
+
+
+__all__ = ["Trainer", "TrainResult", "train", "step_problems"]
