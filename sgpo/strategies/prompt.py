@@ -55,7 +55,7 @@ def extraction_messages(problem: str, answer: str, response: str) -> list[dict[s
 
 def _balanced_objects(text: str) -> list[str]:
     """Every top-level ``{...}`` span, matched by brace depth while skipping braces inside
-    JSON strings, in order of appearance; an unclosed object runs to the end of the text."""
+    JSON strings, in order of appearance."""
     spans: list[str] = []
     depth, start, in_str, escaped = 0, -1, False, False
     for i, ch in enumerate(text):
@@ -117,16 +117,32 @@ def _load(span: str) -> Any:
     return json.loads(repair_latex_escapes(span))
 
 
+def _candidate_objects(text: str) -> list[Any]:
+    """Parsed top-level objects; if none parses (say a stray unclosed ``{`` in the chatter
+    swallowed the real object), decode from every ``{`` instead."""
+    found: list[Any] = []
+    for span in _balanced_objects(text):
+        try:
+            found.append(_load(span))
+        except json.JSONDecodeError:
+            continue
+    if found:
+        return found
+    repaired, decoder = repair_latex_escapes(text), json.JSONDecoder()
+    for match in re.finditer(r"\{", repaired):
+        try:
+            found.append(decoder.raw_decode(repaired, match.start())[0])
+        except json.JSONDecodeError:
+            continue
+    return found
+
+
 def find_json_object(text: str) -> dict[str, Any]:
     """The strategy object in a teacher reply: the first top-level JSON object with a schema
     field (else the first object at all). A ``{"strategy": {...}}`` wrapper is unwrapped.
     Raises :class:`StrategyError` when there is none."""
     first: dict[str, Any] | None = None
-    for span in _balanced_objects(text):
-        try:
-            obj = _load(span)
-        except json.JSONDecodeError:
-            continue
+    for obj in _candidate_objects(text):
         if not isinstance(obj, dict):
             continue
         if "problem_type" not in obj and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):

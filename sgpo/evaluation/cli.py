@@ -1,0 +1,103 @@
+"""`sgpo eval` and `sgpo report`: thin drivers over :func:`sgpo.evaluation.runner.run_evaluation`
+and :func:`sgpo.evaluation.report.write_report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EVAL_HELP = """Evaluate a model on math benchmarks with the training prompt (chat template plus the
+\\boxed{} instruction) and the training reward (math-verify on the last \\boxed{}).
+
+Benchmarks: built-in names (math500, aime24, amc23, olympiadbench, minerva, gsm8k) are read
+as NAME.jsonl from --data-dir or $SGPO_DATA_DIR, else from a public Hugging Face copy; any
+JSONL or Parquet path with problem and answer columns works too.
+
+Defaults follow the usual protocol: temperature 0.6, top-p 0.95, up to 8192 new tokens,
+k = 32 samples per problem on aime24/amc23 and 4 elsewhere (avg@k, unbiased pass@k, 95%
+bootstrap CI over problems). Outputs in --output-dir: results.json, results.md and
+records/NAME.jsonl (every completion with its grade). Rerunning with the same settings
+resumes: finished problems are not generated again."""
+
+REPORT_HELP = """Compare several `sgpo eval` output directories: report.md with a table (one row per
+run, one column per benchmark, cells "avg [lo, hi]" in %), accuracy.png (bars with 95% CI)
+and, where a training metrics.jsonl sits in a run directory or its parent, training-curve
+PNGs of every numeric metric logged."""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on math benchmarks", description=EVAL_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder, Hugging Face id, or smollm2-135m-instruct")
+    p.add_argument("--benchmarks", required=True, nargs="+", metavar="NAME_OR_PATH",
+                   help="built-in names and/or JSONL/Parquet files (comma- or space-separated)")
+    p.add_argument("--num-samples", type=int, help="k samples per problem for every benchmark "
+                                                   "(default: 32 for aime24/amc23, 4 otherwise)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy (default 0.6)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
+    p.add_argument("--max-new-tokens", type=int, default=8192, help="completion length limit (default 8192; "
+                                                                    "use ~512 or less for CPU smoke tests)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--output-dir", default="eval", help="where results and records go (default ./eval)")
+    p.add_argument("--data-dir", help="folder holding NAME.jsonl for built-in names (default $SGPO_DATA_DIR)")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                   help="hf: transformers generate, batched (CPU or GPU); vllm: vLLM engine (GPU)")
+    p.add_argument("--batch-size", type=int, help="sequences per generate call (default 32 for hf, 1024 for vllm)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N problems of each benchmark (smoke tests)")
+    p.add_argument("--problem-field", default="problem", help="problem column of JSONL/Parquet files")
+    p.add_argument("--answer-field", default="answer", help="gold answer column of JSONL/Parquet files")
+    p.add_argument("--id-field", default="id", help="problem id column (row numbers when absent)")
+    p.add_argument("--dtype", default="auto", help="model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_eval)
+
+    r = sub.add_parser("report", help="compare evaluation runs: markdown table and plots", description=REPORT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="`sgpo eval` output directories")
+    r.add_argument("--output", default="report", help="folder for report.md and PNGs (default ./report)")
+    r.add_argument("--labels", nargs="+", help="one row label per RUN_DIR (default: folder names)")
+    r.set_defaults(func=run_report)
+
+
+def _split_names(values: list[str]) -> tuple[str, ...]:
+    return tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from sgpo.evaluation.runner import RESULTS_JSON, EvalConfig, run_evaluation
+    from sgpo.io import DataError
+
+    if args.num_samples is not None and args.num_samples < 1:
+        print("sgpo eval: --num-samples must be >= 1", file=sys.stderr)
+        return 2
+    cfg = EvalConfig(model=args.model, benchmarks=_split_names(args.benchmarks), output_dir=args.output_dir,
+                     num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
+                     backend=args.backend, batch_size=args.batch_size, limit=args.limit,
+                     problem_field=args.problem_field, answer_field=args.answer_field, id_field=args.id_field,
+                     dtype=args.dtype, show_progress=not args.no_progress)
+    try:
+        results = run_evaluation(cfg)
+    except DataError as e:
+        print(f"sgpo eval: data error: {e}", file=sys.stderr)
+        return 2
+    for name, r in results["benchmarks"].items():
+        lo, hi = r["ci95"]
+        print(f"{name:>14}: avg@{r['k']} {100 * r['avg@k']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]  "
+              f"pass@{r['k']} {100 * r['pass@k']:.1f}  (n={r['n']})")
+    print(f"{'macro':>14}: avg {100 * results['macro']['avg@k']:.1f}; outputs in {cfg.output_dir}/{RESULTS_JSON}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from sgpo.evaluation.report import write_report
+    from sgpo.io import DataError
+
+    try:
+        path = write_report(args.run_dirs, args.output, args.labels)
+    except (DataError, ValueError) as e:
+        print(f"sgpo report: {e}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0

@@ -1,0 +1,207 @@
+"""Running an evaluation: sample k completions per problem with the training prompt,
+grade them with the training reward, and write per-problem records as they finish so an
+interrupted run resumes where it stopped.
+
+:func:`evaluate` is the library entry point (a model already in memory, one benchmark);
+:func:`run_evaluation` is the driver behind ``sgpo eval`` (load the model once, several
+benchmarks, results.json / results.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from sgpo.evaluation.metrics import macro_average, per_problem_accuracy, summarize
+from sgpo.generation import Completion, Generator, SamplingConfig, make_generator
+from sgpo.io import DataError, append_jsonl, read_jsonl_tolerant, repair_jsonl_tail, write_json_atomic
+from sgpo.prompts import messages, render
+from sgpo.rewards import score_detailed
+
+RECORDS_DIR = "records"  # per-benchmark per-problem records: records/NAME.jsonl
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+def config_hash(model_id: str, tokenizer: Any, sampling: SamplingConfig, num_samples: int) -> str:
+    """Identity of everything that determines a problem's samples: model, prompt (chat
+    template and instruction, via a rendered placeholder), sampling and k. Records with
+    another hash are ignored on resume. The batch size is left out: it is a system knob."""
+    prompt = render(tokenizer, messages("{problem}"))
+    payload = json.dumps({"model": model_id, "prompt": prompt, "sampling": asdict(sampling), "k": num_samples},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def records_path(output_dir: str | Path, name: str) -> Path:
+    return Path(output_dir) / RECORDS_DIR / f"{name}.jsonl"
+
+
+def _validate(problems: Sequence[dict[str, Any]], name: str) -> list[dict[str, str]]:
+    """Check ids, problems and answers up front; a bad row is a DataError naming it."""
+    if not problems:
+        raise DataError(name, "no problems to evaluate")
+    out, seen = [], set()
+    for row, p in enumerate(problems, start=1):
+        for key in ("id", "problem", "answer"):
+            if p.get(key) is None or not str(p[key]).strip():
+                raise DataError(name, "missing or empty", row=row, field=key)
+        pid = str(p["id"])
+        if pid in seen:
+            raise DataError(name, f"duplicate id '{pid}'", row=row, field="id")
+        seen.add(pid)
+        out.append({"id": pid, "problem": str(p["problem"]), "answer": str(p["answer"])})
+    return out
+
+
+def grade_problem(problem: dict[str, str], completions: list[Completion], name: str, chash: str,
+                  seed: int | None, timeout_s: float = 5.0) -> dict[str, Any]:
+    """One per-problem record: the completions and their grades."""
+    graded = [score_detailed(c.text, problem["answer"], timeout_s) for c in completions]
+    return {
+        "benchmark": name, "id": problem["id"], "config_hash": chash, "seed": seed,
+        "problem": problem["problem"], "answer": problem["answer"],
+        "completions": [c.text for c in completions],
+        "extracted": [g.extracted for g in graded],
+        "scores": [g.reward for g in graded],
+        "timed_out": [g.timed_out for g in graded],
+        "finish_reasons": [c.finish_reason for c in completions],
+        "lengths": [len(c.token_ids) for c in completions],
+    }
+
+
+def load_finished(path: Path, chash: str) -> dict[str, dict[str, Any]]:
+    """Records of an earlier run with the same config, by problem id (a torn last line
+    from a kill is cut off so appending can continue)."""
+    repair_jsonl_tail(path)
+    return {str(r["id"]): r for r in read_jsonl_tolerant(path) if r.get("config_hash") == chash}
+
+
+def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], name: str,
+                     sampling: SamplingConfig, num_samples: int, generator: Generator | None = None,
+                     output_dir: str | Path | None = None, batch_size: int = 32, *, model_id: str | None = None,
+                     show_progress: bool = True, grader_timeout_s: float = 5.0) -> tuple[dict[str, Any], list[dict]]:
+    """:func:`evaluate`, also returning the per-problem records in problem order."""
+    rows = _validate(problems, name)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
+    gen = generator or make_generator("hf", model, tokenizer, batch_size=batch_size)
+    mid = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", "") or model)
+    chash = config_hash(mid, tokenizer, sampling, num_samples)
+    path = records_path(output_dir, name) if output_dir is not None else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    done = load_finished(path, chash) if path is not None else {}
+    # problems per generate call; chunks are fixed over the problem list so that seeds
+    # (seed + first problem index) do not depend on what an interrupted run finished
+    per_call = max(1, batch_size // num_samples)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(rows), initial=sum(r["id"] in done for r in rows), desc=f"eval {name}", unit="problem",
+               disable=not show_progress)
+    for start in range(0, len(rows), per_call):
+        todo = [p for p in rows[start : start + per_call] if p["id"] not in done]
+        if not todo:
+            continue
+        seed = None if sampling.seed is None else sampling.seed + start
+        prompts = [render(tokenizer, messages(p["problem"])) for p in todo]
+        outputs = gen.generate(prompts, replace(sampling, seed=seed), n=num_samples)
+        new = [grade_problem(p, outs, name, chash, seed, grader_timeout_s) for p, outs in zip(todo, outputs)]
+        if path is not None:
+            append_jsonl(path, new)
+        done.update((r["id"], r) for r in new)
+        bar.update(len(new))
+    bar.close()
+    records = [done[p["id"]] for p in rows]
+    return summarize(records, k=num_samples), records
+
+
+def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], name: str, sampling: SamplingConfig,
+             num_samples: int, generator: Generator | None = None, output_dir: str | Path | None = None,
+             batch_size: int = 32, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a model in memory on one benchmark and return its result dict
+    (``n, k, avg@k, pass@k, ci95, truncation_rate, mean_length, timeouts``).
+
+    ``problems`` are dicts with ``id``, ``problem`` and ``answer``. Without ``generator``
+    an HF batched generator is built from ``model`` and ``tokenizer``. With ``output_dir``
+    per-problem records are appended to ``records/NAME.jsonl`` and finished problems are
+    not generated again. Keyword options: ``model_id`` (names the model in the config hash;
+    pass a distinct one for a model whose weights changed since the last call with the same
+    output_dir), ``show_progress``, ``grader_timeout_s``."""
+    result, _ = evaluate_records(model, tokenizer, problems, name, sampling, num_samples, generator, output_dir,
+                                 batch_size, **kwargs)
+    return result
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything ``sgpo eval`` needs; defaults follow the spec's evaluation protocol."""
+
+    model: str  # local folder, Hub id or the smollm2-135m-instruct alias
+    benchmarks: tuple[str, ...]  # built-in names or JSONL/Parquet paths
+    output_dir: str = "eval"
+    num_samples: int | None = None  # k; None: the benchmark's default (DEFAULT_NUM_SAMPLES)
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 8192
+    seed: int = 0
+    data_dir: str | None = None  # folder with NAME.jsonl for built-in names ($SGPO_DATA_DIR)
+    backend: str = "hf"  # hf | vllm
+    batch_size: int | None = None  # sequences per generate call; None: 32 (hf) or 1024 (vllm)
+    limit: int = 0  # first N problems per benchmark (0: all)
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str = "id"
+    dtype: str = "auto"
+    grader_timeout_s: float = 5.0
+    show_progress: bool = True
+
+
+def _load_generator(cfg: EvalConfig, batch_size: int) -> tuple[Any, Any, Generator]:
+    from sgpo.models import load_model, load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.backend == "hf":
+        model = load_model(cfg.model, dtype=cfg.dtype)
+        return model, tokenizer, make_generator("hf", model, tokenizer, batch_size=batch_size)
+    path = resolve_model_path(cfg.model)
+    return path, tokenizer, make_generator(cfg.backend, path, tokenizer)
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate one model on several benchmarks; writes results.json (after each
+    benchmark, so partial results are visible), results.md and records/."""
+    from sgpo.evaluation.benchmarks import load_benchmark
+    from sgpo.evaluation.report import results_markdown
+
+    benches = [load_benchmark(b, data_dir_path=cfg.data_dir, problem_field=cfg.problem_field,
+                              answer_field=cfg.answer_field, id_field=cfg.id_field, limit=cfg.limit)
+               for b in cfg.benchmarks]  # all data checked before the model loads
+    names = [b.name for b in benches]
+    if len(set(names)) != len(names):
+        raise DataError(", ".join(cfg.benchmarks), f"two benchmarks share a name ({names})")
+    batch_size = cfg.batch_size or (32 if cfg.backend == "hf" else 1024)
+    model, tokenizer, generator = _load_generator(cfg, batch_size)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
+    results: dict[str, Any] = {"benchmarks": {}, "macro": {}, "config": {**asdict(cfg), "benchmark_sources": {},
+                                                                         "k": {}}}
+    accuracies: dict[str, list[float]] = {}
+    for bench in benches:
+        k = cfg.num_samples or bench.default_k
+        result, records = evaluate_records(model, tokenizer, bench.problems, bench.name, sampling, k, generator,
+                                           out, batch_size, model_id=cfg.model, show_progress=cfg.show_progress,
+                                           grader_timeout_s=cfg.grader_timeout_s)
+        results["benchmarks"][bench.name] = result
+        results["config"]["benchmark_sources"][bench.name] = bench.source
+        results["config"]["k"][bench.name] = k
+        accuracies[bench.name] = per_problem_accuracy([r["scores"] for r in records])
+        results["macro"] = macro_average(results["benchmarks"], accuracies)
+        write_json_atomic(out / RESULTS_JSON, results)
+    (out / RESULTS_MD).write_text(results_markdown(results), encoding="utf-8")
+    return results
+

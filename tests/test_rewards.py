@@ -1,0 +1,223 @@
+"""The grader: a table of tricky gradings, the fast paths against plain math-verify, the
+deadline in the main thread and in worker threads, and garbage that must score 0."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from sgpo.rewards import ScoreResult, _spans_equal, equivalent, extract_boxed, score, score_detailed
+
+
+def box(s: str) -> str:
+    return f"Some reasoning... so the answer is \\boxed{{{s}}}."
+
+
+# (model answer inside the last box, gold answer, expected reward)
+GRADING_TABLE = [
+    # fractions, decimals and LaTeX fraction spellings
+    ("0.5", "\\frac{1}{2}", 1.0),
+    ("\\frac12", "\\frac{1}{2}", 1.0),
+    ("\\dfrac{3}{4}", "0.75", 1.0),
+    ("\\tfrac{1}{2}", "0.5", 1.0),
+    ("\\frac{2}{4}", "\\frac12", 1.0),
+    ("1/2", "\\frac12", 1.0),
+    ("\\frac{\\frac{1}{2}}{\\frac{3}{4}}", "\\frac23", 1.0),  # nested braces: (1/2)/(3/4) = 2/3
+    ("-\\frac{1}{2}", "\\frac{-1}{2}", 1.0),
+    ("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}", 1.0),
+    ("2\\sqrt{2}", "\\sqrt{8}", 1.0),
+    ("0.333333", "\\frac13", 1.0),  # equal after rounding to 6 places (math-verify's rule)
+    ("0.33", "\\frac13", 0.0),
+    ("1.6", "1.60", 1.0),
+    # negative numbers
+    ("-3", "-3", 1.0),
+    ("- 3", "-3", 1.0),
+    ("-7", "7", 0.0),
+    ("\u22127", "-7", 1.0),  # unicode minus
+    # intervals and tuples: order and bracket type matter
+    ("(1,2]", "(1,2]", 1.0),
+    ("(1,2)", "[1,2]", 0.0),
+    ("[2, 3)", "[2,3]", 0.0),
+    ("x \\in (-\\infty, 2)", "(-\\infty,2)", 1.0),
+    ("(-\\infty, 3] \\cup [5, \\infty)", "(-\\infty,3]\\cup[5,\\infty)", 1.0),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", 1.0),
+    ("(2, 3)", "(3, 2)", 0.0),
+    ("2, 3", "3, 2", 1.0),  # unordered list of answers (OlympiadBench multi-answer)
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", 1.0),
+    # text answers
+    ("\\text{Monday}", "\\text{Monday}", 1.0),
+    ("Monday", "\\text{Monday}", 1.0),
+    ("\\text{Tuesday}", "\\text{Monday}", 0.0),
+    ("seat", "east", 0.0),  # an anagram is not the same word (sympy alone reads s*e*a*t)
+    ("\\text{(C)}", "C", 1.0),
+    ("\\text{(B)}", "\\text{(C)}", 0.0),
+    # units, degrees, percent, currency
+    ("5 cm", "5", 1.0),
+    ("5\\text{ cm}", "5", 1.0),
+    ("\\text{5 cm}", "5", 1.0),
+    ("5 \\mathrm{~cm}", "5", 1.0),
+    ("\\frac{1}{2}\\text{ cm}^2", "\\frac12", 1.0),
+    ("18 dollars", "18", 1.0),
+    ("\\$18.00", "18", 1.0),
+    ("30^\\circ", "30", 1.0),
+    ("30^{\\circ}", "30", 1.0),
+    ("45", "45^\\circ", 1.0),
+    ("25\\%", "25", 1.0),
+    ("0.25", "25\\%", 1.0),
+    # number formats
+    ("1\\,000", "1000", 1.0),
+    ("10{,}000", "10000", 1.0),
+    ("1,000", "1000", 1.0),
+    ("0050", "50", 1.0),
+    ("4.5\\times10^{33}", "4.5e33", 1.0),  # Minerva gold in e-notation
+    ("1e-5", "0.00001", 1.0),
+    ("10^{10}", "10000000000", 1.0),
+    ("100000000000000001", "100000000000000000", 0.0),  # no float rounding of integers
+    # LaTeX spacing and wrappers
+    (" \\frac { 1 } { 2 } ", "\\frac{1}{2}", 1.0),
+    ("-\\,5", "-5", 1.0),
+    ("\\left(1,2\\right)", "(1,2)", 1.0),
+    ("{{5}}", "5", 1.0),
+    # expressions and equations
+    ("x^2+2x+1", "(x+1)^2", 1.0),
+    ("x=3", "3", 1.0),
+    ("\\pm 2", "\\pm2", 1.0),
+    ("\\infty", "\\infty", 1.0),
+]
+
+
+@pytest.mark.parametrize("answer,gold,expected", GRADING_TABLE)
+def test_grading_table(answer: str, gold: str, expected: float) -> None:
+    assert score(box(answer), gold) == expected
+
+
+@pytest.mark.parametrize("answer,gold", [
+    ("60^\\circ", "\\frac{\\pi}{3}"),  # degrees are not converted to radians
+    ("0.3333", "\\frac13"),  # a 4-place decimal is not 1/3
+])
+def test_known_limitations_score_zero(answer: str, gold: str) -> None:
+    """Documented in sgpo.rewards: these are graded wrong on purpose (or by math-verify)."""
+    assert score(box(answer), gold) == 0.0
+
+
+def test_last_complete_box_wins() -> None:
+    assert score("\\boxed{3} no wait, \\boxed{5}", "5") == 1.0
+    assert score("\\boxed{5} no wait, \\boxed{3}", "5") == 0.0
+    # a box cut off by truncation does not count: the previous complete one does
+    assert score("\\boxed{5} hmm, \\boxed{3", "5") == 1.0
+    # an empty last box is the model's final answer: wrong, even after a correct earlier box
+    assert score("\\boxed{5} then \\boxed{}", "5") == 0.0
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("\\boxed{42}", "42"),
+    ("a \\boxed{1} b \\fbox{2}", "2"),
+    ("\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{1}{\\sqrt{2}}"),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces do not close the box
+    ("\\boxed{\\}}", "\\}"),
+    ("\\boxed{\\boxed{5}}", "\\boxed{5}"),  # outermost box closes last
+    ("\\boxed 7 is it", "7"),
+    ("\\boxed {  3 }", "3"),
+    ("\\boxed{", None),
+    ("no box here", None),
+    ("", None),
+])
+def test_extract_boxed(text: str, expected: str | None) -> None:
+    assert extract_boxed(text) == expected
+
+
+def test_fallback_without_box_needs_an_anchor() -> None:
+    assert score("Therefore the final answer is $\\frac{1}{2}$.", "0.5") == 1.0
+    assert score("The answer is 42.", "42") == 1.0
+    assert score("Answer: 7", "7") == 1.0
+    # an unboxed last number is not an answer (truncated rollouts must not score by luck)
+    assert score("we get 12 and then 42", "42") == 0.0
+
+
+@pytest.mark.parametrize("completion", [
+    "", "   ", "}}}{{{\\boxed{", "\\boxed{}", "\\boxed{\\frac{}{}}", "$$$$", "\\boxed{\\left(}", "\x00\x01\ufffd",
+    "x" * 1_000_000, "\\boxed{" * 100_000, "{" * 300_000 + "\\boxed{5", "\\boxed{" + "1" * 100_000 + "}",
+    "\\boxed{" + "(" * 5000 + "}",
+])
+def test_garbage_scores_zero_without_raising(completion: str) -> None:
+    start = time.monotonic()
+    result = score_detailed(completion, "5", timeout_s=2.0)
+    assert result.reward == 0.0
+    assert time.monotonic() - start < 2.5
+
+
+@pytest.mark.parametrize("completion,gold", [(None, "5"), (5, "5"), ("\\boxed{5}", None), ("\\boxed{5}", ""),
+                                             ("\\boxed{5}", "   ")])
+def test_bad_types_score_zero(completion, gold) -> None:
+    assert score(completion, gold) == 0.0  # type: ignore[arg-type]
+
+
+def test_score_detailed_fields() -> None:
+    assert score_detailed("so \\boxed{ 7 }", "7") == ScoreResult(1.0, "7", False)
+    assert score_detailed("no answer", "7") == ScoreResult(0.0, None, False)
+
+
+ADVERSARIAL = "\\boxed{(x+1)^{1000}}"  # simplify((x+1)**1000 - 2) runs for seconds in sympy
+
+
+def test_timeout_in_main_thread() -> None:
+    start = time.monotonic()
+    result = score_detailed(ADVERSARIAL, "2", timeout_s=0.3)
+    elapsed = time.monotonic() - start
+    assert result == ScoreResult(0.0, "(x+1)^{1000}", True)
+    assert elapsed < 1.5
+    time.sleep(0.2)  # a late re-fire of the timeout would surface here
+    assert score(box("\\frac12"), "0.5") == 1.0  # sympy state intact after the interruption
+
+
+def test_timeout_in_worker_threads() -> None:
+    jobs = [(ADVERSARIAL, "2"), (box("0.5"), "\\frac12"), (box("7"), "8"), (ADVERSARIAL, "3")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda job: score_detailed(job[0], job[1], timeout_s=0.3), jobs))
+    assert [r.reward for r in results] == [0.0, 1.0, 0.0, 0.0]
+    assert [r.timed_out for r in results] == [True, False, False, True]
+    assert threading.active_count() < 10
+
+
+@pytest.mark.parametrize("answer", ["10^{10^{10}}", "9^{9^{9^{9}}}", "2^{-10^{12}}", "(10^{10})!", "(x+1)^{10^{12}}"])
+def test_numbers_too_large_to_evaluate_count_as_timeouts(answer: str) -> None:
+    """One Python big-int operation cannot be interrupted by any in-process deadline (nor by
+    math-verify's signal.alarm); such answers are refused before sympy evaluates them."""
+    start = time.monotonic()
+    result = score_detailed(box(answer), "2", timeout_s=5.0)
+    assert result.reward == 0.0 and result.timed_out
+    assert time.monotonic() - start < 1.0
+
+
+def test_equivalent() -> None:
+    assert equivalent("18", "18.0")
+    assert equivalent("\\frac{1}{2}", "0.5")
+    assert equivalent("\\text{Monday}", "Monday")
+    assert not equivalent("x", "5")
+    assert not equivalent("", "5")
+    assert not equivalent("(x+1)^{1000}", "2", timeout_s=0.3)
+
+
+@pytest.mark.parametrize("a,b", [("18", "18"), ("0050", "50"), ("-0", "0"), ("7", "-7"), ("123456789012345", "123456789012345"),
+                                 ("999999999999999", "999999999999998"), ("12", "21"), ("\\text{Evelyn}", "Evelyn"),
+                                 ("Monday", "\\text{Monday}"), ("\\text{yes}", "\\text{no}")])
+def test_fast_paths_agree_with_math_verify(a: str, b: str) -> None:
+    """The string/integer/word shortcuts give math-verify's verdict (reference: plain
+    parse + verify, on inputs where math-verify is right)."""
+    from math_verify import parse, verify
+
+    reference = verify(parse("$" + b + "$", parsing_timeout=None), parse("$" + a + "$", parsing_timeout=None),
+                       timeout_seconds=None)
+    assert _spans_equal(a, b) == reference
+
+
+def test_common_path_is_fast() -> None:
+    score(box("17"), "17")  # warm up imports
+    start = time.monotonic()
+    for i in range(2000):
+        score(box(str(i % 50)), "17")
+    per_call = (time.monotonic() - start) / 2000
+    assert per_call < 0.001  # integer answers never reach sympy
