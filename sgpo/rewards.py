@@ -214,11 +214,24 @@ def _normalize(span: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 _MV: dict[str, Any] = {}
+_MV_LOCK = threading.Lock()
+# One comparison of each kind, run once before any deadline is armed: math-verify and sympy
+# import submodules lazily on first use, and an import cut short by a timeout can leave
+# half-initialised modules behind (e.g. a second copy of a config class that then fails
+# isinstance checks). Warming up keeps imports out of the interruptible region.
+_WARMUP = [("0.5", "\\frac{1}{2}"), ("(1,2]", "(1,2]"), ("\\{1,2\\}", "1,2"), ("x^2+2x+1", "(x+1)^2"),
+           ("\\text{A}", "A"), ("50\\%", "0.5"), ("30^\\circ", "30"), ("x=3", "3"), ("\\sqrt{2}/2", "\\sin(\\pi/4)"),
+           ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"), ("(1,2)", "(2,1)")]
 
 
 def _math_verify() -> dict[str, Any]:
-    """Import math-verify once; silence its warning that we disabled its alarm timeout."""
-    if not _MV:
+    """Import and warm up math-verify once (outside any deadline); silence its warning that
+    we disabled its alarm-based timeout."""
+    if _MV:
+        return _MV
+    with _MV_LOCK:
+        if _MV:
+            return _MV
         import math_verify
         from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
@@ -228,12 +241,14 @@ def _math_verify() -> dict[str, Any]:
 
         for name in ("math_verify.parser", "math_verify.grader"):
             logging.getLogger(name).addFilter(_DropTimeoutWarning())
-        _MV.update(
-            parse=math_verify.parse,
-            verify=math_verify.verify,
-            anchored=[LatexExtractionConfig(try_extract_without_anchor=False, boxed_match_priority=0),
-                      ExprExtractionConfig(try_extract_without_anchor=False)],
-        )
+        mv = dict(parse=math_verify.parse, verify=math_verify.verify,
+                  anchored=[LatexExtractionConfig(try_extract_without_anchor=False, boxed_match_priority=0),
+                            ExprExtractionConfig(try_extract_without_anchor=False)])
+        for a, b in _WARMUP:
+            mv["verify"](mv["parse"]("$" + b + "$", parsing_timeout=None), mv["parse"]("$" + a + "$", parsing_timeout=None),
+                         timeout_seconds=None)
+        mv["parse"]("The final answer is $1$.", extraction_config=mv["anchored"], parsing_timeout=None)
+        _MV.update(mv)
     return _MV
 
 
@@ -324,6 +339,7 @@ def score_detailed(completion: str, gold: str, timeout_s: float = 5.0) -> ScoreR
     box = extract_boxed(completion)
     extracted = box
     try:
+        _math_verify()  # imports and warm-up outside the deadline
         if box is not None:
             correct = _with_deadline(lambda: _spans_equal(_normalize(box), _normalize(gold)), timeout_s)
         else:
@@ -347,6 +363,7 @@ def equivalent(candidate: str, gold: str, timeout_s: float = 5.0) -> bool:
     if not isinstance(candidate, str) or not isinstance(gold, str) or not candidate.strip() or not gold.strip():
         return False
     try:
+        _math_verify()  # imports and warm-up outside the deadline
         return _with_deadline(lambda: _spans_equal(_normalize(candidate), _normalize(gold)), timeout_s)
     except GraderTimeout:
         return False

@@ -1,0 +1,68 @@
+"""The pure algorithmic core of SGPO: advantages, instance weights, policy losses, divergences,
+proximal constraints, loss aggregation and the chunked LM-head losses.
+
+Imports only torch and the standard library; trainers, CLIs and I/O call into it, never the
+other way round (tests/test_core_imports.py checks this in a fresh interpreter)."""
+
+from sgpo.core.advantages import ADVANTAGE_SCALES, group_advantages
+from sgpo.core.aggregate import AGGREGATION_MODES, aggregate, masked_mean
+from sgpo.core.chunked import (
+    DistillSettings,
+    distill_loss_from_hidden,
+    distill_loss_reference,
+    token_logprobs_from_hidden,
+    token_logprobs_reference,
+)
+from sgpo.core.distill import (
+    DIVERGENCES,
+    bucket_divergence,
+    compute_dtype,
+    forward_kl,
+    jsd,
+    reverse_kl,
+    support_logprobs,
+    teacher_support,
+    teacher_topk,
+)
+from sgpo.core.policy import clipped_policy_loss, luffy_offpolicy_loss, nll_loss
+from sgpo.core.proximal import (
+    PROXIMAL_MODES,
+    c2_trust_mask,
+    clipped_teacher,
+    distill_token_loss,
+    psft_clip_loss,
+)
+from sgpo.core.weights import WEIGHT_MODES, instance_weights, update_competence
+
+__all__ = [
+    "ADVANTAGE_SCALES",
+    "AGGREGATION_MODES",
+    "DIVERGENCES",
+    "PROXIMAL_MODES",
+    "WEIGHT_MODES",
+    "DistillSettings",
+    "aggregate",
+    "bucket_divergence",
+    "c2_trust_mask",
+    "clipped_policy_loss",
+    "clipped_teacher",
+    "compute_dtype",
+    "distill_loss_from_hidden",
+    "distill_loss_reference",
+    "distill_token_loss",
+    "forward_kl",
+    "group_advantages",
+    "instance_weights",
+    "jsd",
+    "luffy_offpolicy_loss",
+    "masked_mean",
+    "nll_loss",
+    "psft_clip_loss",
+    "reverse_kl",
+    "support_logprobs",
+    "teacher_support",
+    "teacher_topk",
+    "token_logprobs_from_hidden",
+    "token_logprobs_reference",
+    "update_competence",
+]

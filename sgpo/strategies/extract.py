@@ -148,14 +148,19 @@ async def run_extraction(problems: list[Problem], client: TeacherClient, output:
     for p in todo:
         queue.put_nowait(p)
     bar = tqdm(total=len(todo), desc="extract", unit="problem", disable=not config.show_progress)
+    writes: list[asyncio.Future[None]] = []
 
     async def worker() -> None:
         while not queue.empty():
             rec = await extract_one(queue.get_nowait(), client, config, equivalent)
-            append_jsonl(output, [rec])
             stats.add(rec)
             bar.update()
             bar.set_postfix(ok=stats.statuses["ok"], failed=stats.statuses["failed"], refresh=False)
+            # fsync takes milliseconds: off the event loop, so other requests keep flowing; shielded
+            # and awaited below, so a record whose answer arrived is written even on Ctrl-C
+            write = asyncio.ensure_future(asyncio.to_thread(append_jsonl, output, [rec]))
+            writes.append(write)
+            await asyncio.shield(write)
 
     start = time.monotonic()
     workers = [asyncio.create_task(worker()) for _ in range(min(config.concurrency, len(todo)))]
@@ -167,6 +172,7 @@ async def run_extraction(problems: list[Problem], client: TeacherClient, output:
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*writes, return_exceptions=True)
         stats.elapsed_s = time.monotonic() - start
         bar.close()
     summary = summarize(problems, output, config, stats)
@@ -205,7 +211,8 @@ def format_summary(s: dict[str, Any]) -> str:
     r = s["this_run"]
     line = (f"extract: {s['problems']} problems: {statuses}\n"
             f"  this run: {r['processed']} processed, {r['skipped_finished']} already done, "
-            f"{r['requests']} requests ({r['retries']} retries) in {r['elapsed_s']:.1f} s = {r['requests_per_s']} req/s, "
+            f"{r['requests']} requests ({r['retries']} retries) in {r['elapsed_s']:.1f} s "
+            f"= {r['requests_per_s']} req/s, "
             f"tokens {r['prompt_tokens']} prompt + {r['completion_tokens']} completion")
     if s["statuses"]["failed"] or s["statuses"]["pending"]:
         line += "\n  rerun the same command to retry failed and pending problems"

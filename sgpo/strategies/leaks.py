@@ -78,8 +78,8 @@ def latex_to_plain(s: str) -> str:
                 out.append(f"{_paren(latex_to_plain(num))}/{_paren(latex_to_plain(den))}")
             elif name == "sqrt":
                 index = ""
-                if s[i : i + 1] == "[":
-                    close = s.find("]", i)
+                close = s.find("]", i) if s[i : i + 1] == "[" else -1
+                if close != -1:
                     index, i = s[i + 1 : close], close + 1
                 arg, i = _group(s, i)
                 out.append(f"sqrt({latex_to_plain(arg)})" if not index else f"root({index},{latex_to_plain(arg)})")

@@ -65,6 +65,7 @@ def _completion_body(reply: Reply) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a handler still sleeping must not block shutdown
+    request_queue_size = 128  # the default listen backlog of 5 resets bursts of new connections
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that time out leave broken pipes behind; that is the point of the test
