@@ -23,7 +23,7 @@ def test_competence_by_hand():
     c = torch.tensor([0.5, 0.0, 0.2, 0.0])
     # relative = clip((p_g - p_a) / (p_g + eps)) = [0.5 / 0.75, clip(-1), 0 / 1, 0 / eps] = [2/3, 0, 0, 0]
     # times (1 - c) = [2/3 * 0.5, 0, 0, 0]
-    w = instance_weights(P_AUTO, P_GUIDED, "competence", competence=c, eps=0.0 + 1e-6)
+    w = instance_weights(P_AUTO, P_GUIDED, "competence", competence=c, eps=1e-6)
     torch.testing.assert_close(w, torch.tensor([0.5 / (0.75 + 1e-6) * 0.5, 0.0, 0.0, 0.0]), rtol=0, atol=1e-7)
     assert not w.isnan().any()
 

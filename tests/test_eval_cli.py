@@ -93,14 +93,14 @@ def test_eval_end_to_end_tiny_model(tiny_model_dir: Path, benchmarks_dir: Path, 
     files = sorted(str(p) for p in benchmarks_dir.glob("*.jsonl"))
     out = tmp_path / "run"
     argv = ["eval", "--model", str(tiny_model_dir), "--benchmarks", *files, "--limit", "2", "--num-samples", "2",
-            "--max-new-tokens", "16", "--batch-size", "8", "--output-dir", str(out), "--no-progress"]
+            "--max-new-tokens", "8", "--batch-size", "8", "--output-dir", str(out), "--no-progress"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     names = sorted(Path(f).stem for f in files)
     assert sorted(results["benchmarks"]) == names and len(names) == 6
     for r in results["benchmarks"].values():
         assert r["n"] == 2 and r["k"] == 2 and r["avg@k"] == 0.0 and r["pass@k"] == 0.0
-        assert r["ci95"] == [0.0, 0.0] and 0.0 <= r["truncation_rate"] <= 1.0 and 0 < r["mean_length"] <= 16
+        assert r["ci95"] == [0.0, 0.0] and 0.0 <= r["truncation_rate"] <= 1.0 and 0 < r["mean_length"] <= 8
     assert results["macro"]["n"] == 12 and _finite(results)
     assert results["config"]["k"] == {n: 2 for n in names}
     records = (out / "records" / "gsm8k.jsonl").read_text().splitlines()

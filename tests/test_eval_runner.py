@@ -73,7 +73,7 @@ def test_evaluate_records_and_metrics(tmp_path: Path) -> None:
 
 
 def test_rerun_generates_nothing_and_gives_the_same_result(tmp_path: Path) -> None:
-    kwargs = dict(output_dir=tmp_path, batch_size=2, model_id="m", show_progress=False)
+    kwargs = dict(output_dir=tmp_path, batch_size=2, model_id="m", show_progress=False, grader_timeout_s=0.3)
     first = evaluate(None, PlainTokenizer(), PROBLEMS, "toy", SAMPLING, 2, generator=ScriptedGenerator(ANSWERS), **kwargs)
     again = ScriptedGenerator(ANSWERS)
     second = evaluate(None, PlainTokenizer(), PROBLEMS, "toy", SAMPLING, 2, generator=again, **kwargs)
@@ -81,7 +81,7 @@ def test_rerun_generates_nothing_and_gives_the_same_result(tmp_path: Path) -> No
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path: Path) -> None:
-    kwargs = dict(output_dir=tmp_path, batch_size=2, model_id="m", show_progress=False)
+    kwargs = dict(output_dir=tmp_path, batch_size=2, model_id="m", show_progress=False, grader_timeout_s=0.3)
     with pytest.raises(KeyboardInterrupt):
         evaluate(None, PlainTokenizer(), PROBLEMS, "toy", SAMPLING, 2, generator=ScriptedGenerator(ANSWERS, 2), **kwargs)
     path = records_path(tmp_path, "toy")
@@ -95,7 +95,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path: Path) -> None:
 
 
 def test_changed_config_is_not_resumed(tmp_path: Path) -> None:
-    kwargs = dict(output_dir=tmp_path, batch_size=2, model_id="m", show_progress=False)
+    kwargs = dict(output_dir=tmp_path, batch_size=2, model_id="m", show_progress=False, grader_timeout_s=0.3)
     evaluate(None, PlainTokenizer(), PROBLEMS, "toy", SAMPLING, 2, generator=ScriptedGenerator(ANSWERS), **kwargs)
     hotter = ScriptedGenerator(ANSWERS)
     evaluate(None, PlainTokenizer(), PROBLEMS, "toy", SamplingConfig(1.0, 0.95, 16, 0), 2, generator=hotter, **kwargs)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from sgpo.core.distill import DIVERGENCES, bucket_divergence, compute_dtype, support_logprobs, teacher_support
 from sgpo.core.proximal import PROXIMAL_MODES, c2_trust_mask, distill_token_loss
@@ -77,9 +78,9 @@ def _head_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  temperature: float) -> torch.Tensor:  # [c, H] -> [c, V] in the compute dtype
     z = h @ weight.t()  # [c, V], input dtype (bf16 stays bf16 like the model's LM head)
     if bias is not None:
-        z = z + bias
+        z.add_(bias)  # in place: mm's backward does not need its output
     z = z.to(compute_dtype(z.dtype))
-    return z / temperature if temperature != 1.0 else z
+    return z.div_(temperature) if temperature != 1.0 else z
 
 
 def _token_terms(student_lp: torch.Tensor, student_sampled: torch.Tensor, tg: DistillTargets, vocab: int,
@@ -194,6 +195,7 @@ class _FusedDistill(torch.autograd.Function):
         return loss, plain, masked, sampled
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor, *_unused: torch.Tensor):  # type: ignore[override]
         grad_h, grad_w, grad_b = ctx.saved_tensors
         h_dtype, w_dtype, b_dtype = ctx.dtypes
@@ -201,12 +203,14 @@ class _FusedDistill(torch.autograd.Function):
         return scale(grad_h, h_dtype), scale(grad_w, w_dtype), scale(grad_b, b_dtype), None, None, None
 
 
-def _targets(support_ids: torch.Tensor, teacher_logprobs: torch.Tensor, coef: torch.Tensor,
+def _targets(hidden: torch.Tensor, support_ids: torch.Tensor, teacher_logprobs: torch.Tensor, coef: torch.Tensor,
              sampled_ids: torch.Tensor, old_logp: torch.Tensor | None, teacher_logp_sampled: torch.Tensor | None,
              old_support_logprobs: torch.Tensor | None) -> DistillTargets:
-    detach = lambda t: None if t is None else t.detach()  # noqa: E731
-    return DistillTargets(support_ids, teacher_logprobs.detach(), coef.detach(), sampled_ids, detach(old_logp),
-                          detach(teacher_logp_sampled), detach(old_support_logprobs))
+    """Detached targets in the compute dtype of ``hidden`` (float32 for bf16, float64 for float64)."""
+    dtype = compute_dtype(hidden.dtype)
+    prep = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+    return DistillTargets(support_ids, prep(teacher_logprobs), prep(coef), sampled_ids, prep(old_logp),
+                          prep(teacher_logp_sampled), prep(old_support_logprobs))
 
 
 def _metrics(plain: torch.Tensor, masked: torch.Tensor, sampled: torch.Tensor,
@@ -250,7 +254,7 @@ def distill_loss_from_hidden(
     ``student_logp_sampled`` [M] log q_theta(y_t). Per-token metrics are 0 where coef is 0.
     """
     s = DistillSettings(divergence, proximal, tau, c1_eps, c3_clip, jsd_beta, temperature, chunk_size)
-    tg = _targets(support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
+    tg = _targets(hidden, support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
                   old_support_logprobs)
     _check_distill_args(hidden, lm_head_weight, tg, s)
     need_grad = torch.is_grad_enabled() and any(
@@ -283,7 +287,7 @@ def distill_loss_reference(
     """Reference for :func:`distill_loss_from_hidden`: full [M, V] logits and plain autograd.
     ``chunk_size`` is accepted for a drop-in signature and ignored."""
     s = DistillSettings(divergence, proximal, tau, c1_eps, c3_clip, jsd_beta, temperature, chunk_size)
-    tg = _targets(support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
+    tg = _targets(hidden, support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
                   old_support_logprobs)
     _check_distill_args(hidden, lm_head_weight, tg, s)
     logits = _head_logits(hidden, lm_head_weight, lm_head_bias, temperature)  # [M, V]
@@ -315,6 +319,7 @@ class _TokenLogprobs(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         hidden, weight, bias, ids, lse = ctx.saved_tensors
         temperature, chunk_size = ctx.settings

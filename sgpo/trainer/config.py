@@ -148,8 +148,11 @@ def _coerce(value: str, current: Any) -> Any:
     parsed = yaml.safe_load(value)
     if isinstance(current, bool) or current is None:
         return parsed
-    if isinstance(current, float) and isinstance(parsed, int):
-        return float(parsed)
+    if isinstance(current, float) and isinstance(parsed, (int, str)):
+        try:
+            return float(parsed)  # YAML reads "1e-4" (no dot) as a string
+        except ValueError:
+            pass
     if isinstance(current, list) and isinstance(parsed, str):
         return [s for s in parsed.split(",") if s]
     if not isinstance(parsed, type(current)):

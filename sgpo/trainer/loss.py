@@ -46,6 +46,17 @@ class PolicyLoss(torch.nn.Module):
         self.lm = lm
         self.settings = settings
 
+    # generation helpers (TRL's unwrap_model_for_generation) toggle checkpointing through these
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.lm, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.lm.gradient_checkpointing_disable()
+
     def forward(self, mb: MicroBatch, normalizer: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of this micro-batch with every token term divided by ``normalizer`` (the token
         count of the whole update across processes), so micro-batches and processes add up

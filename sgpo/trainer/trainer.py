@@ -156,7 +156,8 @@ class Trainer:
         acc, t = self.accelerator, self.cfg.training
         local = step_problems(self.problems.problems, self.step, t.prompts_per_step, t.seed,
                               acc.process_index, acc.num_processes)
-        with unwrap_model_for_generation(self.module, acc) as unwrapped:
+        ckpt_kwargs = {"use_reentrant": False}
+        with unwrap_model_for_generation(self.module, acc, gradient_checkpointing_kwargs=ckpt_kwargs) as unwrapped:
             lm = unwrapped.lm
             inputs = StepInputs(self.tokenizer, self._generator(lm), lm, self.teacher or lm, self.cfg.algorithm,
                                 self.pad_id, t.micro_batch_size, t.distill_chunk_size, self.competence)
