@@ -88,7 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="T in {256, 1024} instead of {512, 2048, 8192}")
     parser.add_argument("--chunk-size", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=None, help="runs per case (default: 3 small, 1 at T=8192)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs per case (default: 3 at T <= 512, else 1)")
     parser.add_argument("--case", nargs=2, metavar=("PATH", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -98,7 +99,7 @@ def main() -> None:
     print(f"V={V} H={H} K={K} float32 CPU, {torch.get_num_threads()} threads, chunk_size={args.chunk_size}")
     print(f"{'T':>6} | {'naive s':>8} {'chunked s':>9} {'ratio':>6} | {'naive MiB':>9} {'chunked MiB':>11} {'ratio':>6}")
     for m in sizes:
-        repeats = args.repeats or (1 if m >= 8192 else 3)
+        repeats = args.repeats or (3 if m <= 512 else 1)
         naive, chunked = (_spawn(p, m, args.chunk_size, repeats) for p in PATHS)
         print(f"{m:>6} | {naive['seconds']:>8.2f} {chunked['seconds']:>9.2f} "
               f"{chunked['seconds'] / naive['seconds']:>6.2f} | {naive['peak_mib']:>9.0f} "

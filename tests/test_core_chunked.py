@@ -161,6 +161,15 @@ def test_never_materialises_more_than_a_chunk_of_logits():
         assert probe.largest == (chunk * v if fn is token_logprobs_from_hidden else m * v)
 
 
+def test_fused_gradient_for_the_weight_only():
+    h, w, b, tensors, kwargs = _problem()
+    frozen = h.detach()
+    args = (tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"])
+    (g_out,) = torch.autograd.grad(distill_loss_from_hidden(frozen, w, *args, **kwargs, chunk_size=3)[0], w)
+    (g_ref,) = torch.autograd.grad(distill_loss_reference(frozen, w, *args, **kwargs)[0], w)
+    torch.testing.assert_close(g_out, g_ref, rtol=0, atol=1e-12)
+
+
 def test_no_grad_and_argument_errors():
     h, w, b, tensors, kwargs = _problem()
     with torch.no_grad():

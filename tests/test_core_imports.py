@@ -10,7 +10,8 @@ CORE = Path(__file__).resolve().parents[1] / "sgpo" / "core"
 
 def test_core_does_not_import_heavy_packages():
     code = ("import sys, sgpo.core\n"
-            "bad = [m for m in ('transformers', 'trl', 'accelerate', 'vllm', 'datasets', 'httpx') if m in sys.modules]\n"
+            "heavy = ('transformers', 'trl', 'accelerate', 'vllm', 'datasets', 'httpx')\n"
+            "bad = [m for m in heavy if m in sys.modules]\n"
             "print(bad)\n"
             "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CORE.parents[1])

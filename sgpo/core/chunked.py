@@ -163,15 +163,15 @@ class _FusedDistill(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
-                tg: DistillTargets, s: DistillSettings, need_grad: bool):
-        m, dtype = hidden.shape[0], compute_dtype(hidden.dtype)
-        loss = torch.zeros((), dtype=dtype, device=hidden.device)
-        plain = torch.zeros(m, dtype=dtype, device=hidden.device)
-        mask = torch.ones(m, dtype=dtype, device=hidden.device)
-        sampled = torch.zeros(m, dtype=dtype, device=hidden.device)
-        grad_h = torch.zeros(m, hidden.shape[1], dtype=dtype, device=hidden.device) if need_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_grad else None
-        grad_b = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_grad and bias is not None else None
+                tg: DistillTargets, s: DistillSettings, grad_enabled: bool):
+        m, dtype, dev = hidden.shape[0], compute_dtype(hidden.dtype), hidden.device
+        need_h, need_w, need_b = (grad_enabled and n for n in ctx.needs_input_grad[:3])
+        loss = torch.zeros((), dtype=dtype, device=dev)
+        plain, sampled = torch.zeros(m, dtype=dtype, device=dev), torch.zeros(m, dtype=dtype, device=dev)
+        mask = torch.ones(m, dtype=dtype, device=dev)
+        grad_h = torch.zeros(m, hidden.shape[1], dtype=dtype, device=dev) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None
         for sl in _chunks(m, s.chunk_size):
             part = tg.rows(sl)
             if not bool((part.coef != 0).any()):
@@ -179,13 +179,16 @@ class _FusedDistill(torch.autograd.Function):
             h = hidden[sl]  # [c, H]
             chunk_loss, g, plain[sl], mask[sl], sampled[sl] = _fused_chunk(h, weight, bias, part, s)
             loss += chunk_loss
-            if need_grad:
-                g_in = g.to(weight.dtype)  # [c, V]
+            g_in = g.to(weight.dtype)  # [c, V]
+            if need_h:
                 grad_h[sl] = g_in @ weight  # [c, H]
-                grad_w += (g_in.t() @ h).to(dtype)  # [V, H]
-                if grad_b is not None:
-                    grad_b += g.sum(0)
-            del g
+            if need_w and weight.dtype == dtype:
+                grad_w.addmm_(g_in.t(), h)  # [V, H]
+            elif need_w:
+                grad_w += (g_in.t() @ h).to(dtype)  # low-precision matmul, float32 accumulation
+            if need_b:
+                grad_b += g.sum(0)
+            del g, g_in
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         active = tg.coef != 0
@@ -257,9 +260,8 @@ def distill_loss_from_hidden(
     tg = _targets(hidden, support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
                   old_support_logprobs)
     _check_distill_args(hidden, lm_head_weight, tg, s)
-    need_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, lm_head_weight, lm_head_bias))
-    loss, plain, masked, sampled = _FusedDistill.apply(hidden, lm_head_weight, lm_head_bias, tg, s, need_grad)
+    loss, plain, masked, sampled = _FusedDistill.apply(hidden, lm_head_weight, lm_head_bias, tg, s,
+                                                       torch.is_grad_enabled())
     return loss, _metrics(plain, masked, sampled, tg.coef)
 
 
