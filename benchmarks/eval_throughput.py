@@ -3,7 +3,7 @@ the same problems, greedy decoding, the same evaluation prompt. Target: batched 
 
 Tokens/s counts completion tokens actually produced (EOS included, padding not).
 
-    python benchmarks/eval_throughput.py [--model PATH] [--problems 16] [--tokens 64] [--batch-size 16]
+    python benchmarks/eval_throughput.py [--model PATH] [--problems 16] [--tokens 64] [--batch-size 16] [--threads N]
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        __import__("torch").set_num_threads(args.threads)
 
     from sgpo.models import load_model, load_tokenizer
 

@@ -27,6 +27,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -41,7 +42,8 @@ T = TypeVar("T")
 MAX_ANSWER_CHARS = 1000  # longer answer spans are compared as strings only (parsing cost)
 FALLBACK_TAIL_CHARS = 3000  # unboxed completions: anchored extraction over this many last chars
 MAX_MAGNITUDE_BITS = 1 << 20  # larger integer powers / factorials are not evaluated (see _too_big)
-_REFIRE_S = 0.05  # re-raise the timeout this often if grading code swallowed it
+_REFIRE_S = 0.05  # re-raise the timeout this often if grading code swallowed it...
+_MAX_FIRES = 40  # ...but never more often than this per call (a bound, whatever happens)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class _Job:
     __slots__ = ("thread_id", "deadline", "active", "fired")
 
     def __init__(self, thread_id: int, deadline: float):
-        self.thread_id, self.deadline, self.active, self.fired = thread_id, deadline, True, False
+        self.thread_id, self.deadline, self.active, self.fired = thread_id, deadline, True, 0
 
 
 class _Watchdog:
@@ -128,21 +130,36 @@ class _Watchdog:
                     self._cond.wait(deadline - now)
                     continue
                 heapq.heappop(self._heap)
-                job.fired = True
+                job.fired += 1
                 _raise_in_thread(job.thread_id, GraderTimeout)
-                heapq.heappush(self._heap, (now + _REFIRE_S, next(self._counter), job))
+                if job.fired < _MAX_FIRES:
+                    heapq.heappush(self._heap, (now + _REFIRE_S, next(self._counter), job))
 
 
 _WATCHDOG = _Watchdog()
 
 
+def _new_watchdog_after_fork() -> None:
+    global _WATCHDOG  # the parent's thread and lock state do not survive fork
+    _WATCHDOG = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_new_watchdog_after_fork)
+
+
 def _with_deadline(fn: Callable[[], T], seconds: float) -> T:
     """Run ``fn()``; raise :class:`GraderTimeout` if it is still running after ``seconds``."""
-    job = _WATCHDOG.start(seconds)
+    watchdog = _WATCHDOG
+    job = watchdog.start(seconds)
     try:
-        return fn()
-    finally:
-        _WATCHDOG.stop(job)
+        try:
+            return fn()
+        finally:
+            watchdog.stop(job)
+    except GraderTimeout:
+        job.active = False  # the timeout may have landed before the inner stop() ran
+        watchdog.stop(job)
+        raise
 
 
 # ---------------------------------------------------------------------------------------

@@ -221,3 +221,19 @@ def test_common_path_is_fast() -> None:
         score(box(str(i % 50)), "17")
     per_call = (time.monotonic() - start) / 2000
     assert per_call < 0.001  # integer answers never reach sympy
+
+
+def test_deadline_works_in_a_forked_child() -> None:
+    """The watchdog thread does not survive fork; the child gets a fresh one."""
+    import os
+
+    score_detailed(ADVERSARIAL, "2", timeout_s=0.2)  # the parent's watchdog is running
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only if the deadline fired and grading still works
+        ok = False
+        try:
+            ok = score_detailed(ADVERSARIAL, "2", timeout_s=0.2).timed_out and score(box("0.5"), "\\frac12") == 1.0
+        finally:
+            os._exit(0 if ok else 1)  # noqa: B012
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -88,6 +88,8 @@ class Trainer:
         self.generator = None
         self.step, self.competence, self.skipped, self.nonfinite_run = 0, {}, 0, 0
         self.history: list[dict[str, float]] = []
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
 
     def _load_model(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         from sgpo.compat import disable_dropout_in_model
@@ -189,7 +191,6 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self.maybe_resume()
         if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
             acc.print(f"{len(self.problems)} problems from {self.problems.source}; "
                       f"{self.problems.without_strategy} without a strategy train with the RL term only")

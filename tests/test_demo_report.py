@@ -1,0 +1,101 @@
+"""The demo report: files written, numbers finite and stated plainly, missing metrics tolerated."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sgpo.demo.report import compare, series, training_summary, write_report
+
+
+def eval_results(sgpo=(0.50, 0.40, 0.60)) -> dict:
+    def r(avg, lo, hi):
+        return {"avg@k": avg, "ci95": [lo, hi], "n": 32, "k": 4, "pass@k": 0.9}
+
+    return {"sgpo": r(*sgpo), "initial": r(0.30, 0.22, 0.38), "grpo": r(0.45, 0.35, 0.55)}
+
+
+def train_metrics(steps: int = 8) -> dict:
+    sgpo = [{"step": s, "p_auto": 0.3 + 0.02 * s, "p_guided": 0.5, "weight/mean": 0.2 - 0.01 * s,
+             "distill/kl_mean": 0.05, "distill/top10_share": 0.6, "loss": 1.0} for s in range(steps)]
+    sgpo[3]["weight/mean"] = float("nan")  # a step with no eligible guided trajectory
+    del sgpo[4]["distill/kl_mean"]
+    return {"sgpo": sgpo, "grpo": [{"step": s, "p_auto": 0.3 + 0.01 * s} for s in range(steps)]}
+
+
+def all_numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from all_numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from all_numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+def test_write_report_files_and_finite_numbers(tmp_path):
+    path = write_report(tmp_path / "out", eval_results=eval_results(), train_metrics=train_metrics(),
+                        examples={"unguided": "x = 3, so \\boxed{3}", "guided": "```code``` \\boxed{4}"},
+                        guidance={"p_auto": 0.25, "p_guided": 0.5, "n": 64},
+                        settings={"model": "smollm2", "steps": 8, "lr": 1e-5, "odd": float("inf")})
+    out = tmp_path / "out"
+    assert path == out / "report.md"
+    for png in ("accuracy.png", "training_guidance.png", "training_distill.png"):
+        assert (out / png).stat().st_size > 1000
+        assert f"({png})" in path.read_text()
+    text = path.read_text()
+    # labels in the canonical order, numbers stated, overlap stated plainly
+    assert text.index("| initial |") < text.index("| grpo |") < text.index("| sgpo |")
+    assert "50.0%" in text and "[40.0%, 60.0%]" in text
+    assert "**sgpo** 50.0% vs **grpo** 45.0%: +5.0 points; the 95% intervals overlap" in text
+    assert "p_a = 25.0%" in text and "p_g = 50.0%" in text and "raised success by 25.0 points" in text
+    assert "````text\n```code``` \\boxed{4}\n````" in text  # a completion cannot break its fence
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval"]["sgpo"] == {"avg@k": 0.5, "ci95": [0.4, 0.6], "n": 32, "k": 4}
+    assert results["guidance"]["difference"] == pytest.approx(0.25)
+    assert results["training"]["sgpo"]["steps"] == 8
+    assert results["settings"]["odd"] == "inf"
+    assert all(math.isfinite(x) for x in all_numbers(results))
+
+
+def test_non_overlapping_intervals_name_the_higher_model_whichever_it_is(tmp_path):
+    path = write_report(tmp_path, eval_results=eval_results(sgpo=(0.10, 0.05, 0.15)), train_metrics={},
+                        examples={}, guidance={}, settings={})
+    text = path.read_text()
+    assert "do not overlap: grpo is higher than sgpo" in text
+    assert "sgpo is higher" not in text
+    assert "Not measured" in text and "No training metrics" in text
+    assert not (tmp_path / "training_guidance.png").exists()
+    c = json.loads((tmp_path / "results.json").read_text())["comparisons"][0]
+    assert c["a"] == "sgpo" and c["b"] == "grpo" and c["ci_overlap"] is False
+    assert c["difference"] == pytest.approx(-0.35)  # 0.10 - 0.45
+
+
+def test_non_finite_accuracy_is_rejected(tmp_path):
+    bad = eval_results()
+    bad["grpo"]["avg@k"] = float("nan")
+    with pytest.raises(ValueError, match="grpo"):
+        write_report(tmp_path, eval_results=bad, train_metrics={}, examples={}, guidance={}, settings={})
+
+
+def test_series_and_summary_skip_missing_and_non_finite():
+    hist = train_metrics()["sgpo"]
+    assert [s for s, _ in series(hist, "weight/mean")] == [0, 1, 2, 4, 5, 6, 7]
+    summary = training_summary(hist)
+    # 7 finite points, quarter = 1 point: first 0.2, last 0.2 - 0.07 = 0.13
+    assert summary["weight/mean"]["first_quarter"] == pytest.approx(0.2)
+    assert summary["weight/mean"]["last_quarter"] == pytest.approx(0.13)
+    # 8 points, quarter = 2: (0.30 + 0.32) / 2 and (0.42 + 0.44) / 2
+    assert summary["p_auto"]["first_quarter"] == pytest.approx(0.31)
+    assert summary["p_auto"]["last_quarter"] == pytest.approx(0.43)
+    assert "distill/kl_mean" in summary and "loss" not in summary
+
+
+def test_compare_overlap_boundaries():
+    res = {"a": {"avg@k": 0.5, "ci95": [0.4, 0.6]}, "b": {"avg@k": 0.7, "ci95": [0.6, 0.8]},
+           "c": {"avg@k": 0.9, "ci95": [0.81, 0.95]}}
+    assert compare("a", "b", res)["ci_overlap"] is True  # touching intervals count as overlapping
+    assert compare("a", "c", res)["ci_overlap"] is False
