@@ -146,10 +146,13 @@ class Trainer:
         if t.generation_backend == "hf":
             return make_generator("hf", lm, self.tokenizer, batch_size=t.generation_batch_size)
         if self.generator is None:
+            acc = self.accelerator
             self.generator = make_generator(t.generation_backend, self.cfg.model.name_or_path, self.tokenizer,
                                             gpu_memory_utilization=t.vllm_gpu_memory_utilization,
-                                            host=t.vllm_host, port=t.vllm_port)
+                                            host=t.vllm_host, port=t.vllm_port, process_index=acc.process_index,
+                                            is_main_process=acc.is_main_process)
         self.generator.sync_weights(lm)
+        self.accelerator.wait_for_everyone()  # no process samples from stale server weights
         return self.generator
 
     def rollout(self) -> Any:
