@@ -35,7 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(generator: HFGenerator, tokenizer: Any, problems: list[dict[str, Any]], samples: int,
-            temperature: float, max_new_tokens: int, seed: int) -> dict[str, dict[str, float]]:
+            temperature: float, max_new_tokens: int, seed: int, show: int = 0) -> dict[str, dict[str, float]]:
     """Per family: p_a, p_g, mean tokens of unguided and guided completions, and the share
     of completions cut at ``max_new_tokens``. Guided and unguided prompts share one call
     so batches stay full."""
@@ -44,9 +44,15 @@ def measure(generator: HFGenerator, tokenizer: Any, problems: list[dict[str, Any
     sampling = SamplingConfig(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
     outputs = generator.generate(prompts, sampling, n=samples)
     rows: dict[str, dict[str, list[float]]] = {}
+    shown: dict[tuple[str, str], int] = {}
     for i, completions in enumerate(outputs):
         prob = problems[i % len(problems)]
         mode = "a" if i < len(problems) else "g"
+        if shown.get((prob["family"], mode), 0) < show:
+            shown[(prob["family"], mode)] = shown.get((prob["family"], mode), 0) + 1
+            c = completions[0]
+            print(f"--- {prob['family']} {'guided' if mode == 'g' else 'unguided'} (gold {prob['answer']}, "
+                  f"reward {score(c.text, prob['answer']):.0f}): {prob['problem']}\n{c.text}\n", flush=True)
         acc = rows.setdefault(prob["family"], {k: [] for k in ("r_a", "r_g", "len_a", "len_g", "cut_a", "cut_g")})
         for c in completions:
             acc[f"r_{mode}"].append(score(c.text, prob["answer"]))
@@ -94,6 +100,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ranges", type=json.loads, default=None, help="JSON: family -> knob -> [lo, hi]")
     ap.add_argument("--name", default="guidance", help="stem of the result files")
+    ap.add_argument("--show", type=int, default=0, help="print this many completions per family and mode")
     args = ap.parse_args()
 
     path = smollm2_path()
@@ -108,7 +115,7 @@ def main() -> None:
                                "by_temperature": {}}
     for temp in args.temperatures:
         start = time.perf_counter()
-        table = measure(generator, tokenizer, problems, args.samples, temp, args.max_new_tokens, args.seed)
+        table = measure(generator, tokenizer, problems, args.samples, temp, args.max_new_tokens, args.seed, args.show)
         table["_seconds"] = time.perf_counter() - start
         results["by_temperature"][str(temp)] = table
         print(markdown({**results, "by_temperature": {str(temp): table}}).split("\n", 4)[-1], flush=True)

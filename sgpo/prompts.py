@@ -3,6 +3,7 @@ is evaluated with exactly the instruction it was trained with."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -37,3 +38,18 @@ def render(tokenizer: Any, msgs: list[dict[str, str]]) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How problems are turned into chat prompts; training and evaluation of one model must
+    share it. The defaults are the spec's: no system prompt, the ``\\boxed{}`` instruction."""
+
+    system: str | None = None
+    instruction: str = BOXED_INSTRUCTION
+
+    def messages(self, problem: str, strategy: str | None = None) -> list[dict[str, str]]:
+        return messages(problem, strategy, system=self.system, instruction=self.instruction)
+
+    def render(self, tokenizer: Any, problem: str, strategy: str | None = None) -> str:
+        return render(tokenizer, self.messages(problem, strategy))

@@ -1,6 +1,11 @@
-"""End-to-end training runs of every method on the real SmolLM2-135M-Instruct (CPU, a few
-seconds each): finite loss, every trained parameter changed, metrics logged, checkpoint and
-resume work, and the CLI drives the same code."""
+"""End-to-end training runs of every method: finite loss, every trained parameter changed,
+metrics logged, checkpoint and resume work, and the CLI drives the same code.
+
+Methods whose gradient needs a correct answer among the samples (grpo, guided_rl) run the
+real SmolLM2-135M-Instruct on one-digit additions with a short answer format, where it is
+right about one time in ten; the others run a tiny random model with the same tokenizer
+(their gradient exists whatever the rewards: distillation of all guided samples with constant
+weights, NLL, LUFFY's always-correct off-policy trace)."""
 
 import json
 
@@ -17,35 +22,46 @@ STRATEGY = {"problem_type": "addition of small whole numbers",
                      "Carry when a column exceeds nine", "Put the result in a box"]}
 
 
+SYSTEM = ("You are a careful math assistant. Solve the problem briefly and end with the final answer in "
+          "\\boxed{}, for example: 3 + 4 = 7, so the answer is \\boxed{7}.")
+REAL_MODEL_METHODS = ("grpo", "guided_rl")
+
+
 def _problems():
     rows = []
-    for i, (a, b) in enumerate([(2, 3), (4, 4), (1, 6), (5, 2)]):
+    for i, (a, b) in enumerate([(2, 3), (4, 4), (1, 6), (5, 2), (3, 3), (2, 6), (4, 1), (7, 2)]):
         rows.append({"id": f"p{i}", "problem": f"What is {a} + {b}?", "answer": str(a + b), "strategy": STRATEGY,
                      "teacher_response": f"We add {a} and {b}: {a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."})
     return build_problems(rows, "test")
 
 
-def _cfg(tmp_path, method, *extra):
+def _cfg(tmp_path, method, model, *extra):
     sets = [f"algorithm.method={method}", "data.path=unused", f"run.output_dir={tmp_path / method}",
-            "model.name_or_path=smollm2-135m-instruct", "model.dtype=float32",
-            "algorithm.group_auto=4", "algorithm.group_guided=2", "algorithm.max_new_tokens=24", "algorithm.top_k=8",
-            "training.max_steps=2", "training.prompts_per_step=2", "training.learning_rate=1e-4",
-            "training.micro_batch_size=4", "training.seed=1", "run.save_steps=1", "run.progress=false",
-            "algorithm.weight_mode=constant", "algorithm.distill_on=all", *extra]
+            f"model.name_or_path={model}", "model.dtype=float32", f"data.system_prompt={SYSTEM}",
+            "data.instruction=Answer briefly and put the final answer in \\boxed{}.",
+            "algorithm.group_auto=4", "algorithm.group_guided=2", "algorithm.max_new_tokens=32", "algorithm.top_k=8",
+            "algorithm.temperature=0.7", "training.max_steps=2", "training.prompts_per_step=4",
+            "training.learning_rate=1e-4", "training.micro_batch_size=8", "training.seed=1", "run.save_steps=0",
+            "run.progress=false", "algorithm.weight_mode=constant", "algorithm.distill_on=all", *extra]
     return load_config(None, sets)
 
 
-@pytest.fixture(scope="module")
-def initial(smollm2_dir):
+def _model_for(method, smollm2_dir, tiny_model_dir):
+    return str(smollm2_dir if method in REAL_MODEL_METHODS else tiny_model_dir)
+
+
+def _state(path):
     from sgpo.models import load_model
 
-    return {k: v.clone() for k, v in load_model(str(smollm2_dir), dtype="float32").state_dict().items()}
+    return {k: v.clone() for k, v in load_model(path, dtype="float32").state_dict().items()}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl"])
-def test_method_learns(tmp_path, method, initial):
-    res = train(_cfg(tmp_path, method), problems=_problems())
+def test_method_learns(tmp_path, method, smollm2_dir, tiny_model_dir):
+    model = _model_for(method, smollm2_dir, tiny_model_dir)
+    initial = _state(model)
+    res = train(_cfg(tmp_path, method, model), problems=_problems())
     assert len(res.history) == 2 and res.skipped_steps == 0
     for rec in res.history:
         assert torch.isfinite(torch.tensor(rec["loss"])), rec
@@ -64,30 +80,32 @@ def test_method_learns(tmp_path, method, initial):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_checkpoint(tmp_path):
-    first = train(_cfg(tmp_path, "sgpo", "training.max_steps=1"), problems=_problems())
+def test_resume_continues_from_checkpoint(tmp_path, tiny_model_dir):
+    first = train(_cfg(tmp_path, "sgpo", tiny_model_dir, "training.max_steps=1", "run.save_steps=1"), problems=_problems())
     assert (first.output_dir / "checkpoint-1" / "trainer_state.json").exists()
-    second = train(_cfg(tmp_path, "sgpo", "training.max_steps=2"), problems=_problems())
+    second = train(_cfg(tmp_path, "sgpo", tiny_model_dir, "training.max_steps=2"), problems=_problems())
     assert [h["step"] for h in second.history] == [1, 2]  # step 1 read back, only step 2 trained
     lines = (second.output_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
 
 
 @pytest.mark.slow
-def test_several_updates_per_rollout_use_the_proximal_terms(tmp_path):
-    res = train(_cfg(tmp_path, "sgpo", "algorithm.mini_batches=2", "algorithm.proximal=c1",
+@pytest.mark.parametrize("proximal", ["c1", "c2", "c3"])
+def test_several_updates_per_rollout_use_the_proximal_terms(tmp_path, tiny_model_dir, proximal):
+    res = train(_cfg(tmp_path, "sgpo", tiny_model_dir, "algorithm.mini_batches=2", f"algorithm.proximal={proximal}",
                      "training.max_steps=1"), problems=_problems())
     assert torch.isfinite(torch.tensor(res.history[0]["loss"]))
     assert "loss/distill" in res.history[0]
 
 
 @pytest.mark.slow
-def test_cli_train_on_a_jsonl_file(tmp_path):
+def test_cli_train_on_a_jsonl_file(tmp_path, tiny_model_dir):
     from sgpo.cli import main
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n" for p in _problems().problems))
-    args = ["train", "--method", "grpo", "--output-dir", str(tmp_path / "cli"), "--set", f"data.path={data}"]
+    args = ["train", "--method", "grpo", "--output-dir", str(tmp_path / "cli"), "--set", f"data.path={data}",
+            "--set", f"model.name_or_path={tiny_model_dir}"]
     for s in ["algorithm.group_auto=2", "algorithm.max_new_tokens=8", "training.max_steps=1",
               "training.prompts_per_step=1", "run.progress=false", "run.save_final_model=false"]:
         args += ["--set", s]
@@ -95,4 +113,5 @@ def test_cli_train_on_a_jsonl_file(tmp_path):
     assert json.loads((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "x", "answer": "1"}\n{"problem": "y"}\n')
-    assert main(["train", "--output-dir", str(tmp_path / "bad"), "--set", f"data.path={bad}"]) == 2
+    assert main(["train", "--output-dir", str(tmp_path / "bad"), "--set", f"data.path={bad}",
+                 "--set", f"model.name_or_path={tiny_model_dir}"]) == 2

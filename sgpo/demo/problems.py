@@ -66,6 +66,17 @@ def _randint(rng: random.Random, ranges: dict[str, tuple[int, int]], name: str) 
     return rng.randint(lo, hi)
 
 
+def _draw_addition(rng: random.Random, ranges: dict[str, tuple[int, int]]) -> Instance:
+    a, b = _randint(rng, ranges, "a"), _randint(rng, ranges, "b")
+    return Instance((a, b), f"What is {a} + {b}?", str(a + b), f"{a} + {b} = {a + b}.\n\n{_boxed(a + b)}")
+
+
+def _draw_multiplication(rng: random.Random, ranges: dict[str, tuple[int, int]]) -> Instance:
+    a, b = _randint(rng, ranges, "a"), _randint(rng, ranges, "b")
+    return Instance((a, b), f"What is {a} times {b}?", str(a * b),
+                    f"{a} \\times {b} = {a * b}.\n\n{_boxed(a * b)}")
+
+
 def _draw_add_items(rng: random.Random, ranges: dict[str, tuple[int, int]]) -> Instance:
     a, b = _randint(rng, ranges, "a"), _randint(rng, ranges, "b")
     name, things = rng.choice(_NAMES), rng.choice(_THINGS)
@@ -123,6 +134,23 @@ def _draw_square_perimeter(rng: random.Random, ranges: dict[str, tuple[int, int]
 # Strategies: abstract, no digits at all, so no instance's answer can appear in them.
 # Short on purpose: a 135M model loses the problem behind a long <strategy> block.
 FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family(
+        "addition", "sum of two whole numbers",
+        dict(problem_type="Adding two whole numbers",
+             key_insight="Add the ones digits first, then the tens digits, carrying when the ones make a ten.",
+             plan=["Add the ones digits.", "Add the tens digits and any carry.", "State the sum as the answer in \\boxed{}."],
+             techniques=["column addition"], pitfalls=["forgetting the carry"],
+             check="The sum is larger than both numbers."),
+        {"a": (2, 29), "b": (2, 29)}, _draw_addition),
+    Family(
+        "multiplication", "product of two one-digit numbers",
+        dict(problem_type="Multiplying two small numbers",
+             key_insight="Multiplication is repeated addition of the first number.",
+             plan=["Take the first number.", "Add it up as many times as the second number says.",
+                   "State the product as the answer in \\boxed{}."],
+             techniques=["times tables", "repeated addition"], pitfalls=["adding the numbers instead of multiplying"],
+             check="Dividing the product by one number gives the other."),
+        {"a": (2, 9), "b": (2, 9)}, _draw_multiplication),
     Family(
         "add_items", "word problem: a count plus a number gained",
         dict(problem_type="Word problem: combining amounts",
@@ -216,12 +244,13 @@ def make_problems(n: int, seed: int, families: list[str] | None = None, split: S
     for i in range(n):
         fam = FAMILIES[families[i % len(families)]]
         fam_ranges = {**fam.ranges, **(ranges or {}).get(fam.name, {})}
-        for _ in range(10_000):
+        for _ in range(10_000):  # rejection sampling; a family's space is small enough to exhaust
             inst = fam.draw(rng, fam_ranges)
             if (fam.name, inst.key) not in seen and split_of(fam.name, inst.key) == split:
                 break
         else:
-            raise ValueError(f"family '{fam.name}' ran out of distinct {split} problems after {i} draws; "
+            have = sum(1 for f, _ in seen if f == fam.name)
+            raise ValueError(f"family '{fam.name}' has no distinct {split} problem left after {have}; "
                              "widen its ranges or ask for fewer problems")
         seen.add((fam.name, inst.key))
         out.append({"id": f"demo-{split}-{seed}-{i:05d}", "family": fam.name, "problem": inst.problem,

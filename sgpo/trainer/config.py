@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from sgpo.prompts import BOXED_INSTRUCTION
+
 METHODS = ("sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl")
 
 
@@ -34,6 +36,8 @@ class DataConfig:
     id_field: str = "id"  # optional; row number otherwise
     strategies_path: str = ""  # `sgpo extract` output, joined by id (overrides strategy_field)
     max_problems: int = 0  # 0 = all
+    system_prompt: str = ""  # optional system turn (evaluate with the same one)
+    instruction: str = BOXED_INSTRUCTION  # appended to every problem
     demo_problems: int = 256  # size of the procedural set when path == "demo"
 
 
@@ -144,7 +148,10 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _coerce(value: str, current: Any) -> Any:
-    """Parse a ``--set`` value with YAML, then check it fits the field's current type."""
+    """Parse a ``--set`` value with YAML, then check it fits the field's current type.
+    Text fields take the value verbatim (YAML would read "a: b" as a mapping)."""
+    if isinstance(current, str):
+        return value
     parsed = yaml.safe_load(value)
     if isinstance(current, bool) or current is None:
         return parsed

@@ -12,6 +12,7 @@ import torch
 from sgpo.core import group_advantages, instance_weights, update_competence
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig
+from sgpo.prompts import PromptStyle
 from sgpo.rewards import score
 from sgpo.trainer.batch import TrainSequence
 from sgpo.trainer.config import AlgorithmConfig
@@ -33,6 +34,7 @@ class StepInputs:
     batch_size: int  # sequences per no-grad forward
     chunk_size: int
     competence: dict[str, float] = field(default_factory=dict)  # problem id -> running p_a (W3)
+    style: PromptStyle = field(default_factory=PromptStyle)
 
 
 @dataclass
@@ -66,7 +68,7 @@ def _collect_autonomous_and_guided(inp: StepInputs, problems: list[Problem], see
     """sgpo, grpo, imitation, guided_rl: G_a autonomous rollouts per problem with the RL term,
     plus (except grpo) G_g guided rollouts per problem that has a strategy."""
     algo, tok = inp.algo, inp.tokenizer
-    auto_texts = render_prompts(tok, problems, guided=False)
+    auto_texts = render_prompts(tok, problems, guided=False, style=inp.style)
     auto_ids = encode_prompts(tok, auto_texts)
     auto, r_auto = sample_and_score(inp.generator, auto_texts, problems, algo.group_auto, _sampling(algo, seed))
     adv = group_advantages(r_auto.flatten(), algo.group_auto, scale=algo.adv_scale)  # [B*G_a]
@@ -92,7 +94,7 @@ def _guided(inp: StepInputs, problems: list[Problem], auto_ids: list[list[int]],
     algo, tok = inp.algo, inp.tokenizer
     has = [i for i, p in enumerate(problems) if p.strategy]
     subset = [problems[i] for i in has]
-    texts = render_prompts(tok, subset, guided=True)
+    texts = render_prompts(tok, subset, guided=True, style=inp.style)
     guided_ids = encode_prompts(tok, texts)
     groups, r_g = sample_and_score(inp.generator, texts, subset, algo.group_guided,
                                    _sampling(algo, None if seed is None else seed + 1))
@@ -159,7 +161,7 @@ def attach_old_logprobs(inp: StepInputs, seqs: list[TrainSequence]) -> None:
 
 def _collect_sft(inp: StepInputs, problems: list[Problem]) -> StepBatch:
     tok = inp.tokenizer
-    ids = encode_prompts(tok, render_prompts(tok, problems, guided=False))
+    ids = encode_prompts(tok, render_prompts(tok, problems, guided=False, style=inp.style))
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     seqs = [TrainSequence(p, tok(pr.teacher_response, add_special_tokens=False)["input_ids"] + eos, "nll")
             for p, pr in zip(ids, problems)]
@@ -170,7 +172,7 @@ def _collect_luffy(inp: StepInputs, problems: list[Problem], seed: int | None) -
     """LUFFY: per group G_a - 1 on-policy samples plus the strong-model trace; advantage over
     the whole group; the off-policy trace uses the shaped, unclipped objective."""
     algo, tok = inp.algo, inp.tokenizer
-    texts = render_prompts(tok, problems, guided=False)
+    texts = render_prompts(tok, problems, guided=False, style=inp.style)
     ids = encode_prompts(tok, texts)
     on, r_on = sample_and_score(inp.generator, texts, problems, algo.group_auto - 1, _sampling(algo, seed))
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []

@@ -25,8 +25,9 @@ class TokenTargets:
     teacher_lp_sampled: torch.Tensor  # [T] teacher log-prob of the sampled token
 
 
-def render_prompts(tokenizer: Any, problems: Sequence[Problem], guided: bool) -> list[str]:
-    return [prompts.render(tokenizer, prompts.messages(p.problem, p.strategy if guided else None)) for p in problems]
+def render_prompts(tokenizer: Any, problems: Sequence[Problem], guided: bool,
+                   style: prompts.PromptStyle = prompts.PromptStyle()) -> list[str]:
+    return [style.render(tokenizer, p.problem, p.strategy if guided else None) for p in problems]
 
 
 def encode_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
