@@ -38,7 +38,10 @@ def step_times(method: str, model: str, steps: int, tokens: int, g_a: int, g_g: 
         t0 = time.perf_counter()
         trainer.train_step(_NoBar())
         times.append(time.perf_counter() - t0)
-    return times[1:]  # the first step warms up allocators and kernels
+    h = trainer.history[1:]  # the first step warms up allocators and kernels
+    print(f"{method}: rollout (generation, scoring, teacher targets) {statistics.median(x['time_rollout'] for x in h):.2f} s, "
+          f"update {statistics.median(x['time_update'] for x in h):.2f} s")
+    return times[1:]
 
 
 class _NoBar:

@@ -133,3 +133,17 @@ def test_bucket_divergence_errors():
         bucket_divergence(x, x, "cross")
     with pytest.raises(ValueError, match="beta"):
         bucket_divergence(x, x, "jsd", beta=1.0)
+
+
+def test_teacher_targets_from_logits_matches_topk_and_log_softmax():
+    from sgpo.core import teacher_targets_from_logits, teacher_topk
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 7, 50, generator=g, dtype=torch.float64)  # [N, T, V]
+    sampled = torch.randint(0, 50, (5, 7), generator=g)
+    lp, ids, lp_sampled = teacher_targets_from_logits(logits, 6, sampled)
+    ref_lp, ref_ids = teacher_topk(logits, 6)
+    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-12)
+    assert torch.equal(ids, ref_ids)
+    ref_sampled = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
+    torch.testing.assert_close(lp_sampled, ref_sampled, rtol=0, atol=1e-12)

@@ -22,6 +22,7 @@ from sgpo.core.distill import (
     reverse_kl,
     support_logprobs,
     teacher_support,
+    teacher_targets_from_logits,
     teacher_topk,
 )
 from sgpo.core.policy import clipped_policy_loss, luffy_offpolicy_loss, nll_loss
@@ -61,6 +62,7 @@ __all__ = [
     "reverse_kl",
     "support_logprobs",
     "teacher_support",
+    "teacher_targets_from_logits",
     "teacher_topk",
     "token_logprobs_from_hidden",
     "token_logprobs_reference",

@@ -128,6 +128,24 @@ def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, to
     return values, ids
 
 
+def teacher_targets_from_logits(
+    teacher_logits: torch.Tensor,  # [..., V]
+    k: int,
+    sampled_ids: torch.Tensor,  # [...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the trainer keeps of the teacher per token, with one log-sum-exp over V: top-k
+    log-probs [..., K], their ids [..., K] and the log-prob of the sampled token [...].
+    Equals :func:`teacher_topk` plus a gather from ``log_softmax`` (the reference in the tests)."""
+    vocab = teacher_logits.shape[-1]
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k must lie in [1, V={vocab}], got {k}")
+    z = teacher_logits.to(compute_dtype(teacher_logits.dtype))
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [..., 1]
+    top, ids = z.topk(k, dim=-1)  # [..., K], same order as the log-probs
+    sampled = (z.gather(-1, sampled_ids.unsqueeze(-1)) - lse).squeeze(-1)  # [...]
+    return top - lse, ids, sampled
+
+
 def support_logprobs(student_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Student log-probs on the support ``ids`` [..., K] plus a tail bucket: [..., K+1].
 

@@ -9,7 +9,7 @@ baselines imitate) and one hand-written strategy per family in the schema of
 model's autonomous and guided success (``benchmarks/measure_guidance.py``) so that the
 initial success rate is clearly between 0 and 1.
 
-Training and evaluation problems come from disjoint halves of each family's instance space:
+Training and evaluation problems come from disjoint parts of each family's instance space:
 an instance's split is a fixed hash of its family and numbers (not of the seed), so no
 evaluation problem shares its arithmetic with any training problem, for any pair of seeds.
 """
@@ -69,6 +69,12 @@ def _randint(rng: random.Random, ranges: dict[str, tuple[int, int]], name: str) 
 def _draw_addition(rng: random.Random, ranges: dict[str, tuple[int, int]]) -> Instance:
     a, b = _randint(rng, ranges, "a"), _randint(rng, ranges, "b")
     return Instance((a, b), f"What is {a} + {b}?", str(a + b), f"{a} + {b} = {a + b}.\n\n{_boxed(a + b)}")
+
+
+def _draw_subtraction(rng: random.Random, ranges: dict[str, tuple[int, int]]) -> Instance:
+    result, b = _randint(rng, ranges, "result"), _randint(rng, ranges, "b")
+    a = result + b
+    return Instance((a, b), f"What is {a} - {b}?", str(result), f"{a} - {b} = {result}.\n\n{_boxed(result)}")
 
 
 def _draw_multiplication(rng: random.Random, ranges: dict[str, tuple[int, int]]) -> Instance:
@@ -132,82 +138,90 @@ def _draw_square_perimeter(rng: random.Random, ranges: dict[str, tuple[int, int]
 
 
 # Strategies: abstract, no digits at all, so no instance's answer can appear in them.
-# Short on purpose: a 135M model loses the problem behind a long <strategy> block.
+# Short on purpose: a 135M model loses the problem behind a long <strategy> block and tends
+# to copy the plan line by line, so each step is something worth writing out. The last step
+# asks for the answer sentence the grader reads; measured, that is much of what guidance
+# does for a model this small (see benchmarks/results/guidance.md).
+FINISH = "Finish with the sentence: The answer is \\boxed{...} with the result in the box."
+
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family(
         "addition", "sum of two whole numbers",
-        dict(problem_type="Adding two whole numbers",
-             key_insight="Add the ones digits first, then the tens digits, carrying when the ones make a ten.",
-             plan=["Add the ones digits.", "Add the tens digits and any carry.", "State the sum as the answer in \\boxed{}."],
+        dict(problem_type="Adding two numbers",
+             key_insight="Add the ones digits first, then the tens digits, carrying when needed.",
+             plan=["Write the two numbers joined by a plus sign.", "Add the ones, then the tens.", FINISH],
              techniques=["column addition"], pitfalls=["forgetting the carry"],
              check="The sum is larger than both numbers."),
         {"a": (2, 29), "b": (2, 29)}, _draw_addition),
     Family(
+        "subtraction", "difference of two whole numbers",
+        dict(problem_type="Subtracting two numbers",
+             key_insight="Take the second number away from the first, ones digits first, borrowing when needed.",
+             plan=["Write the first number minus the second.", "Subtract the ones, then the tens.", FINISH],
+             techniques=["column subtraction"], pitfalls=["subtracting in the wrong order"],
+             check="Adding the result to the second number gives the first."),
+        {"result": (2, 25), "b": (2, 25)}, _draw_subtraction),
+    Family(
         "multiplication", "product of two one-digit numbers",
         dict(problem_type="Multiplying two small numbers",
              key_insight="Multiplication is repeated addition of the first number.",
-             plan=["Take the first number.", "Add it up as many times as the second number says.",
-                   "State the product as the answer in \\boxed{}."],
-             techniques=["times tables", "repeated addition"], pitfalls=["adding the numbers instead of multiplying"],
+             plan=["Recall the times table for the first number.", "Read off the entry for the second number.", FINISH],
+             techniques=["times tables"], pitfalls=["adding the numbers instead of multiplying"],
              check="Dividing the product by one number gives the other."),
-        {"a": (2, 9), "b": (2, 9)}, _draw_multiplication),
+        {"a": (2, 10), "b": (2, 10)}, _draw_multiplication),
     Family(
         "add_items", "word problem: a count plus a number gained",
         dict(problem_type="Word problem: combining amounts",
              key_insight="Getting more means adding the new amount to the starting amount.",
-             plan=["Find the starting amount.", "Find the amount gained.", "Add the two numbers.",
-                   "State the sum as the answer in \\boxed{}."],
+             plan=["Find the starting amount and the amount gained.", "Add the two numbers.", FINISH],
              techniques=["addition"], pitfalls=["subtracting instead of adding"],
              check="The total is larger than the starting amount."),
-        {"a": (2, 9), "b": (2, 9)}, _draw_add_items),
+        {"a": (2, 15), "b": (2, 15)}, _draw_add_items),
     Family(
         "take_away", "word problem: a count minus a number given away",
         dict(problem_type="Word problem: taking away",
              key_insight="Giving away means subtracting the given amount from the starting amount.",
-             plan=["Find the starting amount.", "Find the amount given away.",
-                   "Subtract the second number from the first.", "State the difference as the answer in \\boxed{}."],
+             plan=["Find the starting amount and the amount given away.", "Subtract the second from the first.",
+                   FINISH],
              techniques=["subtraction"], pitfalls=["adding instead of subtracting"],
              check="The amount left is smaller than the starting amount."),
-        {"left": (2, 9), "b": (2, 9)}, _draw_take_away),
+        {"left": (2, 15), "b": (2, 15)}, _draw_take_away),
     Family(
         "groups", "word problem: equal groups (multiplication)",
         dict(problem_type="Word problem: equal groups",
              key_insight="Equal groups mean multiplication: number of groups times items in each group.",
-             plan=["Find the number of groups.", "Find how many items are in each group.",
-                   "Multiply the two numbers.", "State the product as the answer in \\boxed{}."],
+             plan=["Find the number of groups and the items in each group.", "Multiply the two numbers.", FINISH],
              techniques=["multiplication"], pitfalls=["adding the two numbers instead of multiplying"],
              check="Dividing the total by the number of groups gives the group size."),
-        {"groups": (2, 5), "each": (2, 5)}, _draw_groups),
+        {"groups": (2, 9), "each": (2, 9)}, _draw_groups),
     Family(
         "unit_conversion", "convert a whole number of large units into small units",
         dict(problem_type="Unit conversion",
-             key_insight="Going from a larger unit to a smaller unit means multiplying by how many small units make one large unit.",
-             plan=["Recall how many of the smaller unit make one of the larger unit.",
-                   "Multiply the given amount by that number.", "State the product as the answer in \\boxed{}."],
-             techniques=["multiplication by a conversion factor"], pitfalls=["dividing instead of multiplying"],
+             key_insight="To change a larger unit into a smaller one, multiply by how many small units make one large unit.",
+             plan=["Recall how many small units make one large unit.", "Multiply the given amount by that number.",
+                   FINISH],
+             techniques=["conversion factor"], pitfalls=["dividing instead of multiplying"],
              check="The answer in the smaller unit is a bigger number."),
-        {"amount": (2, 5)}, _draw_unit_conversion),
+        {"amount": (2, 12)}, _draw_unit_conversion),
     Family(
         "linear", "one-step linear equation x + b = c",
         dict(problem_type="One-step linear equation",
              key_insight="Undo the addition on x by subtracting the same number from both sides.",
-             plan=["Find the number added to x.", "Subtract it from the right-hand side.",
-                   "State the value of x as the answer in \\boxed{}."],
+             plan=["Find the number added to x.", "Subtract it from the right-hand side.", FINISH],
              techniques=["inverse operations"], pitfalls=["adding the number instead of subtracting it"],
              check="Substitute the value back into the equation."),
-        {"x": (2, 12), "b": (2, 12)}, _draw_linear),
+        {"x": (2, 20), "b": (2, 20)}, _draw_linear),
     Family(
         "square_perimeter", "perimeter of a square from its side",
         dict(problem_type="Perimeter of a square",
-             key_insight="A square has four equal sides and the perimeter is the sum of all sides.",
-             plan=["Find the side length.", "Add the side length four times, or multiply it by four.",
-                   "State the perimeter as the answer in \\boxed{}."],
+             key_insight="A square has four equal sides, so its perimeter is four times the side.",
+             plan=["Find the side length.", "Multiply the side length by four.", FINISH],
              techniques=["perimeter formula"], pitfalls=["computing the area instead of the perimeter"],
-             check="The perimeter is four times the side."),
-        {"side": (2, 9)}, _draw_square_perimeter),
+             check="The perimeter divided by four is the side."),
+        {"side": (2, 30)}, _draw_square_perimeter),
 ]}
 
-DEFAULT_FAMILIES: list[str] = ["add_items", "take_away", "groups", "unit_conversion"]
+DEFAULT_FAMILIES: list[str] = ["addition", "subtraction", "multiplication", "add_items"]
 
 
 def family_strategy(family: str) -> dict[str, Any]:

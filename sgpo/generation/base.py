@@ -4,7 +4,7 @@ completions out with their token ids and finish reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,17 @@ class Completion:
 
 
 class Generator(Protocol):
-    def generate(self, prompts: list[str], sampling: SamplingConfig, n: int = 1) -> list[list[Completion]]:
-        """Return ``n`` completions per prompt: ``out[i][j]`` is the j-th sample of prompt i."""
+    def generate(self, prompts: list[str], sampling: SamplingConfig,
+                 n: int | Sequence[int] = 1) -> list[list[Completion]]:
+        """Return ``n`` completions per prompt (or ``n[i]`` for prompt i): ``out[i][j]`` is the
+        j-th sample of prompt i. One call serves groups of different sizes (autonomous and
+        guided rollouts) in the same batches."""
         ...
+
+
+def counts(prompts: list[str], n: int | Sequence[int]) -> list[int]:
+    """Samples per prompt from an int or a per-prompt sequence."""
+    ns = [n] * len(prompts) if isinstance(n, int) else list(n)
+    if len(ns) != len(prompts) or any(k < 0 for k in ns):
+        raise ValueError(f"n must be an int or one non-negative count per prompt ({len(prompts)} prompts, got {n})")
+    return ns

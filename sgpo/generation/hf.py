@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
-from sgpo.generation.base import Completion, SamplingConfig
+from typing import Sequence
+
+from sgpo.generation.base import Completion, SamplingConfig, counts
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -37,9 +39,11 @@ class HFGenerator:
         self.eos_ids = _eos_ids(model, tokenizer)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], sampling: SamplingConfig, n: int = 1) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], sampling: SamplingConfig,
+                 n: int | Sequence[int] = 1) -> list[list[Completion]]:
         tok = self.tokenizer
-        flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+        ns = counts(prompts, n)
+        flat = [(i, p) for i, (p, k) in enumerate(zip(prompts, ns)) for _ in range(k)]
         # longest prompts first keeps padding low inside each batch
         order = sorted(range(len(flat)), key=lambda k: -len(flat[k][1]))
         results: list[Completion | None] = [None] * len(flat)
@@ -74,4 +78,9 @@ class HFGenerator:
         finally:
             tok.padding_side = pad_side
             self.model.train(was_training)
-        return [[results[i * n + j] for j in range(n)] for i in range(len(prompts))]  # type: ignore[misc]
+        out: list[list[Completion]] = []
+        start = 0
+        for k in ns:
+            out.append(results[start:start + k])  # type: ignore[arg-type]
+            start += k
+        return out

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sgpo.generation.base import Completion, SamplingConfig
+from typing import Sequence
+
+from sgpo.generation.base import Completion, SamplingConfig, counts
 
 
 class VLLMGenerator:
@@ -50,16 +52,22 @@ class VLLMGenerator:
         engine_model.load_weights((name, p.data) for name, p in model.named_parameters())
         self.llm.reset_prefix_cache()
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig, n: int = 1) -> list[list[Completion]]:  # pragma: no cover
-        if self.server:
-            out = self.client.generate(prompts=prompts, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                       max_tokens=sampling.max_new_tokens)
-            ids = out["completion_ids"]
-            return [[self._completion(ids[i * n + j]) for j in range(n)] for i in range(len(prompts))]
+    def generate(self, prompts: list[str], sampling: SamplingConfig,
+                 n: int | Sequence[int] = 1) -> list[list[Completion]]:  # pragma: no cover
+        ns = counts(prompts, n)
+        if self.server:  # the server takes one n per request: one request per distinct count
+            out: list[list[Completion]] = [[] for _ in prompts]
+            for k in sorted(set(ns) - {0}):
+                idx = [i for i, c in enumerate(ns) if c == k]
+                ids = self.client.generate(prompts=[prompts[i] for i in idx], n=k, temperature=sampling.temperature,
+                                           top_p=sampling.top_p, max_tokens=sampling.max_new_tokens)["completion_ids"]
+                for r, i in enumerate(idx):
+                    out[i] = [self._completion(ids[r * k + j]) for j in range(k)]
+            return out
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_new_tokens, seed=sampling.seed)
+        params = [SamplingParams(n=k, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_new_tokens, seed=sampling.seed) for k in ns]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[Completion(c.text, list(c.token_ids), "length" if c.finish_reason == "length" else "stop")
                  for c in o.outputs] for o in outputs]

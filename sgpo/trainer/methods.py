@@ -66,19 +66,27 @@ def collect(inputs: StepInputs, problems: list[Problem], seed: int | None = None
 
 def _collect_autonomous_and_guided(inp: StepInputs, problems: list[Problem], seed: int | None) -> StepBatch:
     """sgpo, grpo, imitation, guided_rl: G_a autonomous rollouts per problem with the RL term,
-    plus (except grpo) G_g guided rollouts per problem that has a strategy."""
+    plus (except grpo) G_g guided rollouts per problem that has a strategy, sampled together."""
     algo, tok = inp.algo, inp.tokenizer
     auto_texts = render_prompts(tok, problems, guided=False, style=inp.style)
     auto_ids = encode_prompts(tok, auto_texts)
-    auto, r_auto = sample_and_score(inp.generator, auto_texts, problems, algo.group_auto, _sampling(algo, seed))
+    guided = method_uses_guidance(algo.method)
+    has = [i for i, p in enumerate(problems) if p.strategy] if guided else []
+    subset = [problems[i] for i in has]
+    guided_texts = render_prompts(tok, subset, guided=True, style=inp.style)
+    requests = [(auto_texts, problems, algo.group_auto)] + ([(guided_texts, subset, algo.group_guided)] if guided else [])
+    sampled = sample_and_score(inp.generator, requests, _sampling(algo, seed))
+    auto, r_auto = sampled[0]
     adv = group_advantages(r_auto.flatten(), algo.group_auto, scale=algo.adv_scale)  # [B*G_a]
     seqs = _rl_sequences(auto_ids, auto, adv)
     p_auto = r_auto.mean(1)  # [B]
     stats = {"reward/auto": r_auto.flatten(), "p_auto": p_auto,
              "len/auto": _lengths(auto), "trunc/auto": _truncated(auto), "mentions/auto": _mentions(auto)}
     examples = {"unguided": auto[0][0].text} if auto else {}
-    if method_uses_guidance(algo.method):
-        guided_seqs, guided_stats, ex = _guided(inp, problems, auto_ids, p_auto, seed)
+    if guided:
+        groups, r_g = sampled[1]
+        guided_seqs, guided_stats, ex = _guided(inp, problems, has, encode_prompts(tok, guided_texts), groups, r_g,
+                                                auto_ids, p_auto)
         seqs += guided_seqs
         stats.update(guided_stats)
         examples.update(ex)
@@ -89,17 +97,9 @@ def method_uses_guidance(method: str) -> bool:
     return method in ("sgpo", "imitation", "guided_rl")
 
 
-def _guided(inp: StepInputs, problems: list[Problem], auto_ids: list[list[int]], p_auto: torch.Tensor,
-            seed: int | None) -> tuple[list[TrainSequence], dict[str, torch.Tensor], dict[str, str]]:
-    algo, tok = inp.algo, inp.tokenizer
-    has = [i for i, p in enumerate(problems) if p.strategy]
-    subset = [problems[i] for i in has]
-    texts = render_prompts(tok, subset, guided=True, style=inp.style)
-    guided_ids = encode_prompts(tok, texts)
-    groups, r_g = sample_and_score(inp.generator, texts, subset, algo.group_guided,
-                                   _sampling(algo, None if seed is None else seed + 1))
-    p_guided = torch.full_like(p_auto, float("nan"))
-    p_guided[has] = r_g.mean(1) if has else p_guided[has]
+def _weights(inp: StepInputs, problems: list[Problem], p_auto: torch.Tensor, p_guided: torch.Tensor) -> torch.Tensor:
+    """w_i per problem [B] (spec 2.6); 0 where there is no strategy (p_guided is NaN)."""
+    algo = inp.algo
     competence = None
     if algo.weight_mode == "competence":
         prev = torch.tensor([inp.competence.get(p.id, float("nan")) for p in problems])
@@ -110,6 +110,17 @@ def _guided(inp: StepInputs, problems: list[Problem], auto_ids: list[list[int]],
         inp.competence.update({p.id: float(c) for p, c in zip(problems, updated)})
     w = instance_weights(p_auto, torch.nan_to_num(p_guided, nan=0.0), mode=algo.weight_mode, competence=competence)
     w[p_guided.isnan()] = 0.0  # no strategy: RL term only
+    return w
+
+
+def _guided(inp: StepInputs, problems: list[Problem], has: list[int], guided_ids: list[list[int]],
+            groups: list[list[Completion]], r_g: torch.Tensor, auto_ids: list[list[int]],
+            p_auto: torch.Tensor) -> tuple[list[TrainSequence], dict[str, torch.Tensor], dict[str, str]]:
+    algo = inp.algo
+    p_guided = torch.full_like(p_auto, float("nan"))
+    if has:
+        p_guided[has] = r_g.mean(1)
+    w = _weights(inp, problems, p_auto, p_guided)
     stats = {"reward/guided": r_g.flatten(), "p_guided": p_guided[has], "weight": w, "weight_guided": w[has],
              "len/guided": _lengths(groups), "no_strategy": torch.tensor([float(len(problems) - len(has))])}
     examples = {"guided": groups[0][0].text} if groups else {}
@@ -174,7 +185,7 @@ def _collect_luffy(inp: StepInputs, problems: list[Problem], seed: int | None) -
     algo, tok = inp.algo, inp.tokenizer
     texts = render_prompts(tok, problems, guided=False, style=inp.style)
     ids = encode_prompts(tok, texts)
-    on, r_on = sample_and_score(inp.generator, texts, problems, algo.group_auto - 1, _sampling(algo, seed))
+    [(on, r_on)] = sample_and_score(inp.generator, [(texts, problems, algo.group_auto - 1)], _sampling(algo, seed))
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     off = [tok(p.teacher_response, add_special_tokens=False)["input_ids"] + eos for p in problems]
     r_off = torch.tensor([score(p.teacher_response or "", p.answer) for p in problems])  # [B]

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from sgpo import prompts
-from sgpo.core import teacher_topk
+from sgpo.core import teacher_targets_from_logits
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig
 from sgpo.rewards import score
@@ -34,14 +34,22 @@ def encode_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def sample_and_score(generator: Generator, prompt_texts: list[str], problems: Sequence[Problem], n: int,
-                     sampling: SamplingConfig) -> tuple[list[list[Completion]], torch.Tensor]:
-    """Returns completions[b][g] and rewards [B, n] (1.0 / 0.0 from :func:`sgpo.rewards.score`)."""
-    if not prompt_texts:
-        return [], torch.zeros(0, n)
-    completions = generator.generate(prompt_texts, sampling, n=n)
-    rewards = torch.tensor([[score(c.text, p.answer) for c in group] for p, group in zip(problems, completions)])
-    return completions, rewards  # rewards: [B, n]
+def sample_and_score(generator: Generator, requests: list[tuple[list[str], Sequence[Problem], int]],
+                     sampling: SamplingConfig) -> list[tuple[list[list[Completion]], torch.Tensor]]:
+    """Sample several sets of prompts, each with its own group size, in ONE generation call
+    (autonomous and guided rollouts share batches), and score them.
+    ``requests``: (prompt texts, their problems, n). Returns per request completions[b][g]
+    and rewards [B, n] (1.0 / 0.0 from :func:`sgpo.rewards.score`)."""
+    texts = [t for ts, _, _ in requests for t in ts]
+    ns = [n for ts, _, n in requests for _ in ts]
+    flat = generator.generate(texts, sampling, n=ns) if texts else []
+    out, start = [], 0
+    for ts, problems, n in requests:
+        groups = flat[start:start + len(ts)]
+        start += len(ts)
+        rewards = torch.tensor([[score(c.text, p.answer) for c in g] for p, g in zip(problems, groups)])
+        out.append((groups, rewards.view(len(ts), n)))  # rewards: [B, n]
+    return out
 
 
 def base_and_head(lm: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -88,11 +96,11 @@ def teacher_targets(lm: Any, prompt_ids: list[list[int]], completion_ids: list[l
             ids_parts, lp_parts, samp_parts = [], [], []
             for c in range(0, h.shape[0], chunk_size):
                 logits = head(h[c:c + chunk_size]).float() / temperature  # [c, V]
-                k = top_k or logits.shape[-1]
-                lp, ids = teacher_topk(logits, k)  # [c, K]
+                lp, ids, lp_sampled = teacher_targets_from_logits(logits, top_k or logits.shape[-1],
+                                                                  sampled[c:c + chunk_size])  # [c, K], [c, K], [c]
                 ids_parts.append(ids)
                 lp_parts.append(lp)
-                samp_parts.append(torch.log_softmax(logits, -1).gather(-1, sampled[c:c + chunk_size, None])[:, 0])
+                samp_parts.append(lp_sampled)
             out.append(TokenTargets(torch.cat(ids_parts), torch.cat(lp_parts), torch.cat(samp_parts)))
     return out
 
