@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,23 @@ from sgpo.rewards import score  # noqa: E402
 from sgpo.strategies.schema import strategy_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+KEYS = ("r_a", "r_g", "num_a", "num_g", "len_a", "len_g", "cut_a", "cut_g")
+
+
+def last_number_correct(text: str, answer: str) -> float:
+    """Diagnostic only, not the reward: 1.0 if the last number in the text is the answer.
+    Separates "cannot compute it" from "computed it but never stated it the way the grader
+    reads" (a box or "the answer is"), which for a 135M model is most of the gap."""
+    numbers = _NUMBER.findall(text)
+    return float(bool(numbers) and numbers[-1] == answer)
 
 
 def measure(generator: HFGenerator, tokenizer: Any, problems: list[dict[str, Any]], samples: int,
             temperature: float, max_new_tokens: int, seed: int, show: int = 0) -> dict[str, dict[str, float]]:
-    """Per family: p_a, p_g, mean tokens of unguided and guided completions, and the share
-    of completions cut at ``max_new_tokens``. Guided and unguided prompts share one call
-    so batches stay full."""
+    """Per family and over all ("all"): p_a, p_g, mean completion tokens (len_a, len_g), the
+    share cut at ``max_new_tokens`` (cut_a, cut_g) and the last-number diagnostic (num_a,
+    num_g). Guided and unguided prompts share one call so batches stay full."""
     prompts = [render(tokenizer, messages(p["problem"])) for p in problems]
     prompts += [render(tokenizer, messages(p["problem"], strategy_text(p["strategy"]))) for p in problems]
     sampling = SamplingConfig(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
@@ -53,21 +64,16 @@ def measure(generator: HFGenerator, tokenizer: Any, problems: list[dict[str, Any
             c = completions[0]
             print(f"--- {prob['family']} {'guided' if mode == 'g' else 'unguided'} (gold {prob['answer']}, "
                   f"reward {score(c.text, prob['answer']):.0f}): {prob['problem']}\n{c.text}\n", flush=True)
-        acc = rows.setdefault(prob["family"], {k: [] for k in ("r_a", "r_g", "len_a", "len_g", "cut_a", "cut_g")})
+        acc = rows.setdefault(prob["family"], {k: [] for k in KEYS})
         for c in completions:
             acc[f"r_{mode}"].append(score(c.text, prob["answer"]))
+            acc[f"num_{mode}"].append(last_number_correct(c.text, prob["answer"]))
             acc[f"len_{mode}"].append(len(c.token_ids))
             acc[f"cut_{mode}"].append(float(c.finish_reason == "length"))
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    table = {fam: {"p_a": mean(v["r_a"]), "p_g": mean(v["r_g"]), "len_a": mean(v["len_a"]),
-                   "len_g": mean(v["len_g"]), "cut_a": mean(v["cut_a"]), "cut_g": mean(v["cut_g"]),
-                   "n": len(v["r_a"])} for fam, v in rows.items()}
-    everything = {k: [x for v in rows.values() for x in v[k]] for k in ("r_a", "r_g", "len_a", "len_g", "cut_a", "cut_g")}
-    table["all"] = {"p_a": mean(everything["r_a"]), "p_g": mean(everything["r_g"]),
-                    "len_a": mean(everything["len_a"]), "len_g": mean(everything["len_g"]),
-                    "cut_a": mean(everything["cut_a"]), "cut_g": mean(everything["cut_g"]),
-                    "n": len(everything["r_a"])}
-    return table
+    rows["all"] = {k: [x for v in rows.values() for x in v[k]] for k in KEYS}
+    names = {"r_a": "p_a", "r_g": "p_g"}
+    return {fam: {**{names.get(k, k): sum(xs) / len(xs) for k, xs in v.items()}, "n": len(v["r_a"])}
+            for fam, v in rows.items()}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -75,16 +81,18 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['problems_per_family']} problems x {results['samples']} samples per family and mode, "
              f"max_new_tokens={results['max_new_tokens']}, top_p=1.0, graded by `sgpo.rewards.score`. "
              "p_a: unguided success, p_g: guided success, len: mean completion tokens, cut: share "
-             "stopped at max_new_tokens.", ""]
+             "stopped at max_new_tokens; num: share whose last number is the answer (a diagnostic, "
+             "not the reward).", ""]
     for temp, table in results["by_temperature"].items():
         lines += [f"## temperature {temp} ({table['_seconds']:.0f} s)", "",
-                  "| family | n | p_a | p_g | p_g - p_a | len_a | len_g | cut_a | cut_g |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| family | n | p_a | p_g | p_g - p_a | len_a | len_g | cut_a | cut_g | num_a | num_g |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for fam, r in table.items():
             if fam.startswith("_"):
                 continue
             lines.append(f"| {fam} | {r['n']} | {r['p_a']:.2f} | {r['p_g']:.2f} | {r['p_g'] - r['p_a']:+.2f} | "
-                         f"{r['len_a']:.0f} | {r['len_g']:.0f} | {r['cut_a']:.2f} | {r['cut_g']:.2f} |")
+                         f"{r['len_a']:.0f} | {r['len_g']:.0f} | {r['cut_a']:.2f} | {r['cut_g']:.2f} | "
+                         f"{r.get('num_a', float('nan')):.2f} | {r.get('num_g', float('nan')):.2f} |")
         lines.append("")
     return "\n".join(lines)
 

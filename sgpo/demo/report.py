@@ -149,6 +149,7 @@ def plot_distillation(history: Sequence[Mapping[str, Any]], path: Path) -> Path 
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.4))
     ax1.plot([p[0] for p in kl], [p[1] for p in kl], marker=".", color="C0")
+    ax1.set_ylim(bottom=0)
     ax1.set_title("distillation KL(teacher || student), token mean", fontsize="small")
     ax2.plot([p[0] for p in share], [p[1] for p in share], marker=".", color="C1")
     ax2.axhline(0.1, color="grey", linestyle=":", label="no selectivity (0.1)")

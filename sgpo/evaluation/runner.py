@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from sgpo.evaluation.metrics import macro_average, per_problem_accuracy, summarize
 from sgpo.generation import Completion, Generator, SamplingConfig, make_generator
 from sgpo.io import DataError, append_jsonl, read_jsonl_tolerant, repair_jsonl_tail, write_json_atomic
-from sgpo.prompts import messages, render
+from sgpo.prompts import PromptStyle, messages, render
 from sgpo.rewards import score_detailed
 
 RECORDS_DIR = "records"  # per-benchmark per-problem records: records/NAME.jsonl
@@ -26,11 +26,12 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 
 
-def config_hash(model_id: str, tokenizer: Any, sampling: SamplingConfig, num_samples: int) -> str:
+def config_hash(model_id: str, tokenizer: Any, sampling: SamplingConfig, num_samples: int,
+                style: PromptStyle = PromptStyle()) -> str:
     """Identity of everything that determines a problem's samples: model, prompt (chat
     template and instruction, via a rendered placeholder), sampling and k. Records with
     another hash are ignored on resume. The batch size is left out: it is a system knob."""
-    prompt = render(tokenizer, messages("{problem}"))
+    prompt = style.render(tokenizer, "{problem}")
     payload = json.dumps({"model": model_id, "prompt": prompt, "sampling": asdict(sampling), "k": num_samples},
                          sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
@@ -53,7 +54,10 @@ def _validate(problems: Sequence[dict[str, Any]], name: str) -> list[dict[str, s
         if pid in seen:
             raise DataError(name, f"duplicate id '{pid}'", row=row, field="id")
         seen.add(pid)
-        out.append({"id": pid, "problem": str(p["problem"]), "answer": str(p["answer"])})
+        rec = {"id": pid, "problem": str(p["problem"]), "answer": str(p["answer"])}
+        if p.get("strategy"):  # evaluation with guidance (the demo's p_g measurement)
+            rec["strategy"] = str(p["strategy"])
+        out.append(rec)
     return out
 
 
@@ -83,31 +87,36 @@ def load_finished(path: Path, chash: str) -> dict[str, dict[str, Any]]:
 def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], name: str,
                      sampling: SamplingConfig, num_samples: int, generator: Generator | None = None,
                      output_dir: str | Path | None = None, batch_size: int = 32, *, model_id: str | None = None,
-                     show_progress: bool = True, grader_timeout_s: float = 5.0) -> tuple[dict[str, Any], list[dict]]:
+                     show_progress: bool = True, grader_timeout_s: float = 5.0,
+                     style: PromptStyle = PromptStyle()) -> tuple[dict[str, Any], list[dict]]:
     """:func:`evaluate`, also returning the per-problem records in problem order."""
     rows = _validate(problems, name)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
     gen = generator or make_generator("hf", model, tokenizer, batch_size=batch_size)
     mid = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", "") or model)
-    chash = config_hash(mid, tokenizer, sampling, num_samples)
+    chash = config_hash(mid, tokenizer, sampling, num_samples, style)
     path = records_path(output_dir, name) if output_dir is not None else None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     done = load_finished(path, chash) if path is not None else {}
-    # problems per generate call; chunks are fixed over the problem list so that seeds
-    # (seed + first problem index) do not depend on what an interrupted run finished
+    # Problems per generate call, grouped by prompt length: left padding to the longest
+    # prompt of a call is pure waste, and on CPU prefill dominates short generations. The
+    # grouping depends only on the problem list, so seeds (seed + position of the call's
+    # first problem in that order) do not depend on what an interrupted run finished.
     per_call = max(1, batch_size // num_samples)
+    prompt_of = {p["id"]: style.render(tokenizer, p["problem"], p.get("strategy")) for p in rows}
+    ordered = sorted(rows, key=lambda p: len(prompt_of[p["id"]]))  # stable: ties keep file order
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(rows), initial=sum(r["id"] in done for r in rows), desc=f"eval {name}", unit="problem",
                disable=not show_progress)
-    for start in range(0, len(rows), per_call):
-        todo = [p for p in rows[start : start + per_call] if p["id"] not in done]
+    for start in range(0, len(ordered), per_call):
+        todo = [p for p in ordered[start : start + per_call] if p["id"] not in done]
         if not todo:
             continue
         seed = None if sampling.seed is None else sampling.seed + start
-        prompts = [render(tokenizer, messages(p["problem"])) for p in todo]
+        prompts = [prompt_of[p["id"]] for p in todo]
         outputs = gen.generate(prompts, replace(sampling, seed=seed), n=num_samples)
         new = [grade_problem(p, outs, name, chash, seed, grader_timeout_s) for p, outs in zip(todo, outputs)]
         if path is not None:
