@@ -3,11 +3,12 @@
 For each family, samples unguided and guided (strategy in a ``<strategy>`` block) answers
 from the real model with the project's prompts, generator and grader, and reports the
 autonomous success p_a, the guided success p_g and the mean completion length in tokens, at
-the training temperature (1.0) and the evaluation temperature (0.6). The demo's default
-families and number ranges were chosen from this table; the length decides its runtime.
+the demo's training temperature (0.7) and evaluation temperature (0.6), with the demo's prompt
+format (``--style spec`` for the spec's). The demo's default families and number ranges were
+chosen from this table; the length decides its runtime.
 
     python benchmarks/measure_guidance.py [--families add_items groups] [--problems 8]
-        [--samples 4] [--temperatures 1.0 0.6] [--max-new-tokens 96] [--ranges '{"groups": {"each": [2, 9]}}']
+        [--samples 4] [--temperatures 0.7 0.6] [--max-new-tokens 64] [--style demo|spec] [--ranges '{"groups": {"each": [2, 9]}}']
 
 Writes ``benchmarks/results/guidance.json`` and ``guidance.md`` (``--name`` changes the stem).
 """
@@ -28,7 +29,8 @@ from sgpo.demo.problems import DEFAULT_FAMILIES, FAMILIES, make_problems  # noqa
 from sgpo.generation import SamplingConfig  # noqa: E402
 from sgpo.generation.hf import HFGenerator  # noqa: E402
 from sgpo.models import load_model, load_tokenizer, smollm2_path  # noqa: E402
-from sgpo.prompts import messages, render  # noqa: E402
+from sgpo.demo.run import DemoSettings  # noqa: E402
+from sgpo.prompts import PromptStyle  # noqa: E402
 from sgpo.rewards import score  # noqa: E402
 from sgpo.strategies.schema import strategy_text  # noqa: E402
 
@@ -46,12 +48,13 @@ def last_number_correct(text: str, answer: str) -> float:
 
 
 def measure(generator: HFGenerator, tokenizer: Any, problems: list[dict[str, Any]], samples: int,
-            temperature: float, max_new_tokens: int, seed: int, show: int = 0) -> dict[str, dict[str, float]]:
+            temperature: float, max_new_tokens: int, seed: int, show: int = 0,
+            style: PromptStyle = PromptStyle()) -> dict[str, dict[str, float]]:
     """Per family and over all ("all"): p_a, p_g, mean completion tokens (len_a, len_g), the
     share cut at ``max_new_tokens`` (cut_a, cut_g) and the last-number diagnostic (num_a,
     num_g). Guided and unguided prompts share one call so batches stay full."""
-    prompts = [render(tokenizer, messages(p["problem"])) for p in problems]
-    prompts += [render(tokenizer, messages(p["problem"], strategy_text(p["strategy"]))) for p in problems]
+    prompts = [style.render(tokenizer, p["problem"]) for p in problems]
+    prompts += [style.render(tokenizer, p["problem"], strategy_text(p["strategy"])) for p in problems]
     sampling = SamplingConfig(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
     outputs = generator.generate(prompts, sampling, n=samples)
     rows: dict[str, dict[str, list[float]]] = {}
@@ -80,6 +83,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Strategy guidance on the demo families ({results['model']})", "",
              f"{results['problems_per_family']} problems x {results['samples']} samples per family and mode, "
              f"max_new_tokens={results['max_new_tokens']}, top_p=1.0, graded by `sgpo.rewards.score`. "
+             f"Prompt format: {results.get('style', 'spec')}. "
              "p_a: unguided success, p_g: guided success, len: mean completion tokens, cut: share "
              "stopped at max_new_tokens; num: share whose last number is the answer (a diagnostic, "
              "not the reward).", ""]
@@ -102,13 +106,16 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), choices=sorted(FAMILIES))
     ap.add_argument("--problems", type=int, default=8, help="problems per family")
     ap.add_argument("--samples", type=int, default=4, help="samples per problem and mode")
-    ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.6])
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.7, 0.6])
+    ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ranges", type=json.loads, default=None, help="JSON: family -> knob -> [lo, hi]")
     ap.add_argument("--name", default="guidance", help="stem of the result files")
     ap.add_argument("--show", type=int, default=0, help="print this many completions per family and mode")
+    ap.add_argument("--style", choices=("demo", "spec"), default="demo",
+                    help="prompt format: the demo's (system turn, short instruction, one few-shot exchange) "
+                         "or the spec's plain \\boxed{} instruction")
     args = ap.parse_args()
 
     path = smollm2_path()
@@ -116,14 +123,16 @@ def main() -> None:
     generator = HFGenerator(model, tokenizer, batch_size=args.batch_size)
     ranges = {f: {k: tuple(v) for k, v in r.items()} for f, r in (args.ranges or {}).items()}
     problems = make_problems(args.problems * len(args.families), args.seed, args.families, ranges=ranges)
-    results: dict[str, Any] = {"model": "SmolLM2-135M-Instruct", "families": args.families,
+    results: dict[str, Any] = {"model": "SmolLM2-135M-Instruct", "style": args.style, "families": args.families,
                                "problems_per_family": args.problems, "samples": args.samples,
                                "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                                "ranges": {f: {**FAMILIES[f].ranges, **ranges.get(f, {})} for f in args.families},
                                "by_temperature": {}}
     for temp in args.temperatures:
         start = time.perf_counter()
-        table = measure(generator, tokenizer, problems, args.samples, temp, args.max_new_tokens, args.seed, args.show)
+        style = DemoSettings().style if args.style == "demo" else PromptStyle()
+        table = measure(generator, tokenizer, problems, args.samples, temp, args.max_new_tokens, args.seed, args.show,
+                        style)
         table["_seconds"] = time.perf_counter() - start
         results["by_temperature"][str(temp)] = table
         print(markdown({**results, "by_temperature": {str(temp): table}}).split("\n", 4)[-1], flush=True)

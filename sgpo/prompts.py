@@ -24,10 +24,18 @@ def user_message(problem: str, strategy: str | None = None, instruction: str = B
 
 
 def messages(problem: str, strategy: str | None = None, system: str | None = None,
-             instruction: str = BOXED_INSTRUCTION) -> list[dict[str, str]]:
+             instruction: str = BOXED_INSTRUCTION,
+             examples: tuple[tuple[str, str], ...] = ()) -> list[dict[str, str]]:
+    """Chat turns: optional system turn, few-shot ``examples`` as (problem, response)
+    exchanges, then the problem. Examples are always unguided, so a guided prompt differs
+    from the unguided one only inside its last turn (the teacher sees the same demonstrations
+    as the student)."""
     msgs: list[dict[str, str]] = []
     if system:
         msgs.append({"role": "system", "content": system})
+    for question, response in examples:
+        msgs += [{"role": "user", "content": user_message(question, None, instruction)},
+                 {"role": "assistant", "content": response}]
     msgs.append({"role": "user", "content": user_message(problem, strategy, instruction)})
     return msgs
 
@@ -43,13 +51,15 @@ def render(tokenizer: Any, msgs: list[dict[str, str]]) -> str:
 @dataclass(frozen=True)
 class PromptStyle:
     """How problems are turned into chat prompts; training and evaluation of one model must
-    share it. The defaults are the spec's: no system prompt, the ``\\boxed{}`` instruction."""
+    share it. The defaults are the spec's: no system prompt, the ``\\boxed{}`` instruction, no
+    few-shot examples."""
 
     system: str | None = None
     instruction: str = BOXED_INSTRUCTION
+    examples: tuple[tuple[str, str], ...] = ()  # few-shot (problem, response) exchanges
 
     def messages(self, problem: str, strategy: str | None = None) -> list[dict[str, str]]:
-        return messages(problem, strategy, system=self.system, instruction=self.instruction)
+        return messages(problem, strategy, system=self.system, instruction=self.instruction, examples=self.examples)
 
     def render(self, tokenizer: Any, problem: str, strategy: str | None = None) -> str:
         return render(tokenizer, self.messages(problem, strategy))

@@ -2,7 +2,6 @@
 memory (largest tensor ever created), tied weights and low precision."""
 
 import itertools
-import math
 
 import pytest
 import torch

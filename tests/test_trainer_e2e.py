@@ -115,3 +115,22 @@ def test_cli_train_on_a_jsonl_file(tmp_path, tiny_model_dir):
     bad.write_text('{"problem": "x", "answer": "1"}\n{"problem": "y"}\n')
     assert main(["train", "--output-dir", str(tmp_path / "bad"), "--set", f"data.path={bad}",
                  "--set", f"model.name_or_path={tiny_model_dir}"]) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["sgpo", "sft"])
+def test_method_learns_on_gpu_in_bf16(tmp_path, method, tiny_model_dir):
+    """The CUDA path: accelerate places the model on the GPU, generation, teacher targets and
+    the fused chunked loss run there in bfloat16 (lr 1e-3 so that updates exceed bf16's
+    resolution of the weights)."""
+    res = train(_cfg(tmp_path, method, tiny_model_dir, "model.dtype=bfloat16", "training.learning_rate=1e-3"),
+                problems=_problems())
+    assert next(res.model.parameters()).device.type == "cuda"
+    assert next(res.model.parameters()).dtype == torch.bfloat16
+    assert len(res.history) == 2 and res.skipped_steps == 0
+    for rec in res.history:
+        assert torch.isfinite(torch.tensor(rec["loss"])), rec
+    initial = _state(tiny_model_dir)
+    changed = [n for n, p in res.model.state_dict().items() if not torch.equal(p.float().cpu(), initial[n].bfloat16().float())]
+    assert changed, "no parameter updated"
+    assert {"sgpo": "loss/distill", "sft": "loss/nll"}[method] in res.history[-1]

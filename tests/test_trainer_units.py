@@ -34,6 +34,24 @@ def test_bad_config_names_the_key(sets, needle):
         load_config(None, sets).validate()
 
 
+def test_fewshot_from_yaml_or_set_reaches_the_prompt(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  path: x.jsonl\n  system_prompt: Be brief.\n  instruction: Box it.\n"
+                 "  fewshot:\n    - {problem: 'What is 40 + 35?', response: 'The answer is \\boxed{75}.'}\n")
+    style = load_config(p).validate().data.style()
+    assert style.examples == (("What is 40 + 35?", "The answer is \\boxed{75}."),)
+    auto, guided = style.messages("What is 2 + 3?"), style.messages("What is 2 + 3?", "Add the numbers.")
+    assert [m["role"] for m in auto] == ["system", "user", "assistant", "user"]
+    assert auto[1] == {"role": "user", "content": "What is 40 + 35?\n\nBox it."}
+    # the example turns are unguided in both prompts: only the last turn differs
+    assert auto[:-1] == guided[:-1] and "<strategy>" in guided[-1]["content"] and "<strategy>" not in auto[-1]["content"]
+    same = load_config(None, ["data.path=x", "data.fewshot=[{problem: 'What is 40 + 35?', response: 'The answer is "
+                                             "\\boxed{75}.'}]", "data.system_prompt=Be brief.", "data.instruction=Box it."])
+    assert same.validate().data.style() == style
+    with pytest.raises(ValueError, match=r"data.fewshot\[0\]"):
+        load_config(None, ["data.path=x", "data.fewshot=[{problem: q}]"]).validate()
+
+
 def test_bad_rows_name_file_row_and_field(tmp_path):
     rows = [{"id": "a", "problem": "1+1?", "answer": "2"}, {"id": "b", "problem": "", "answer": "3"}]
     with pytest.raises(DataError, match=r"f\.jsonl, row 2, field 'problem'"):

@@ -195,18 +195,32 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+def _interval(ci: Any) -> str:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_finite(x) for x in ci):
+        return f" (95% CI [{_pct(ci[0])}, {_pct(ci[1])}])"
+    return ""
+
+
 def _guidance_section(guidance: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    p_a, p_g, n = guidance.get("p_auto"), guidance.get("p_guided"), guidance.get("n")
+    """``guidance``: {"p_auto", "p_guided", "n" problems, "k" samples each, optional
+    "ci95_auto", "ci95_guided"}, measured on held-out problems before training."""
+    p_a, p_g, n, k = guidance.get("p_auto"), guidance.get("p_guided"), guidance.get("n"), guidance.get("k")
     if not (_finite(p_a) and _finite(p_g)):
         return ["## Strategy guidance before training", "", "Not measured in this run.", ""], {}
     d = p_g - p_a
     verdict = ("guidance raised success" if d > 0 else "guidance lowered success" if d < 0
                else "guidance made no difference")
+    ci_a, ci_g = guidance.get("ci95_auto"), guidance.get("ci95_guided")
     lines = ["## Strategy guidance before training", "",
-             f"Sampling the initial model on training problems ({n} samples per mode): unguided success "
-             f"p_a = {_pct(p_a)}, with the strategy in the prompt p_g = {_pct(p_g)}; "
-             f"{verdict} by {100 * abs(d):.1f} points.", ""]
-    return lines, {"p_auto": float(p_a), "p_guided": float(p_g), "n": int(n or 0), "difference": float(d)}
+             f"Sampling the initial model on the held-out problems ({n} problems x {k or '?'} samples, each "
+             f"prompt once without and once with its strategy): unguided success p_a = {_pct(p_a)}{_interval(ci_a)}, "
+             f"with the strategy in the prompt p_g = {_pct(p_g)}{_interval(ci_g)}; {verdict} by "
+             f"{100 * abs(d):.1f} points. SGPO distills a problem's guided rollouts only where its own p_g "
+             "exceeds its p_a (weight w = clip(p_g - p_a, 0, 1)), so where guidance does not help it trains "
+             "like GRPO.", ""]
+    out = {"p_auto": float(p_a), "p_guided": float(p_g), "n": int(n or 0), "k": int(k or 0), "difference": float(d)}
+    out.update({key: list(map(float, v)) for key, v in (("ci95_auto", ci_a), ("ci95_guided", ci_g)) if _interval(v)})
+    return lines, out
 
 
 def _training_section(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> tuple[list[str], dict]:
@@ -235,6 +249,10 @@ def _training_section(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], 
                          "forward-KL mass (10% would mean the strategy shifted every token alike).")
             lines.append("")
         lines += [f"![distillation]({DISTILL_PNG})", ""]
+    elif sgpo:
+        lines += ["SGPO distilled no token in this run: no problem had a correct guided rollout with a "
+                  "positive weight (its guided success never exceeded its unguided success), so the "
+                  "distillation term was zero at every step and no distillation plot was drawn.", ""]
     return lines, summaries
 
 

@@ -14,23 +14,26 @@ from sgpo.generation import SamplingConfig
 from sgpo.prompts import PromptStyle
 
 # A 135M model rambles under the spec's "reason step by step" instruction and rarely boxes an
-# answer within ~100 tokens; a one-line format with an example makes its success measurable.
+# answer within ~100 tokens. A short format instruction plus one worked exchange (its numbers
+# outside every family's range, so it answers no demo problem) lifts its measured unguided
+# success on the default families from about 5% to about 30% (benchmarks/measure_guidance.py).
 DEMO_SYSTEM = ("You are a careful math assistant. Solve the problem briefly and end with the final answer in "
                "\\boxed{}, for example: 3 + 4 = 7, so the answer is \\boxed{7}.")
 DEMO_INSTRUCTION = "Answer briefly and put the final answer in \\boxed{}."
+DEMO_FEWSHOT = ({"problem": "What is 40 + 35?", "response": "40 + 35 = 75. The answer is \\boxed{75}."},)
 
 
 @dataclass
 class DemoSettings:
-    steps: int = 6  # optimiser steps per method
+    steps: int = 5  # optimiser steps per method
     train_problems: int = 128
-    eval_problems: int = 48
+    eval_problems: int = 32
     eval_samples: int = 2  # k for avg@k on held-out problems
     prompts_per_step: int = 4
     group_auto: int = 4  # SGPO: G_a autonomous + G_g guided; GRPO: G_a + G_g autonomous
-    group_guided: int = 4
-    max_new_tokens: int = 64
-    learning_rate: float = 2e-5
+    group_guided: int = 2
+    max_new_tokens: int = 48  # with the few-shot format most answers end well before this
+    learning_rate: float = 3e-5
     # 0.7, not the spec's 1.0: at 1.0 SmolLM2-135M's samples are mostly noise (measured p_a = 0)
     train_temperature: float = 0.7
     eval_temperature: float = 0.6
@@ -44,7 +47,7 @@ class DemoSettings:
 
     @property
     def style(self) -> PromptStyle:
-        return PromptStyle(DEMO_SYSTEM, DEMO_INSTRUCTION)
+        return PromptStyle(DEMO_SYSTEM, DEMO_INSTRUCTION, tuple((e["problem"], e["response"]) for e in DEMO_FEWSHOT))
 
 
 def _train_config(method: str, out: Path, s: DemoSettings, model_path: str) -> Any:
@@ -60,7 +63,10 @@ def _train_config(method: str, out: Path, s: DemoSettings, model_path: str) -> A
             f"training.learning_rate={s.learning_rate}", "training.micro_batch_size=8",
             "training.generation_batch_size=32", f"training.seed={s.seed}", f"run.output_dir={out / 'runs' / method}",
             f"run.save_steps={max(1, s.steps // 2)}", "run.save_final_model=false"]
-    return load_config(None, sets)
+    cfg = load_config(None, sets)
+    cfg.data.fewshot = [dict(e) for e in DEMO_FEWSHOT]
+    assert cfg.data.style() == s.style  # training and evaluation prompts must match
+    return cfg
 
 
 def _evaluate(model: Any, tok: Any, rows: list[dict], label: str, out: Path, s: DemoSettings) -> dict[str, Any]:

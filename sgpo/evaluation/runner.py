@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from sgpo.evaluation.metrics import macro_average, per_problem_accuracy, summarize
 from sgpo.generation import Completion, Generator, SamplingConfig, make_generator
 from sgpo.io import DataError, append_jsonl, read_jsonl_tolerant, repair_jsonl_tail, write_json_atomic
-from sgpo.prompts import PromptStyle, messages, render
+from sgpo.prompts import PromptStyle
 from sgpo.rewards import score_detailed
 
 RECORDS_DIR = "records"  # per-benchmark per-problem records: records/NAME.jsonl

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from sgpo.prompts import BOXED_INSTRUCTION
+from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
 
 METHODS = ("sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl")
 
@@ -38,7 +38,17 @@ class DataConfig:
     max_problems: int = 0  # 0 = all
     system_prompt: str = ""  # optional system turn (evaluate with the same one)
     instruction: str = BOXED_INSTRUCTION  # appended to every problem
+    # few-shot exchanges shown before every problem, unguided: [{problem: ..., response: ...}]
+    fewshot: list[dict[str, str]] = field(default_factory=list)
     demo_problems: int = 256  # size of the procedural set when path == "demo"
+
+    def style(self) -> PromptStyle:
+        """The prompt format of training (and of any evaluation meant to match it)."""
+        for i, ex in enumerate(self.fewshot):
+            if not isinstance(ex, dict) or not isinstance(ex.get("problem"), str) or not isinstance(ex.get("response"), str):
+                raise ValueError(f"data.fewshot[{i}] must be a mapping with text fields 'problem' and 'response', got {ex!r}")
+        return PromptStyle(self.system_prompt or None, self.instruction,
+                           tuple((ex["problem"], ex["response"]) for ex in self.fewshot))
 
 
 @dataclass
@@ -139,6 +149,7 @@ class TrainConfig:
             raise ValueError("algorithm.ppo_epochs and algorithm.mini_batches must be >= 1")
         if not self.data.path:
             raise ValueError("data.path is required (a JSONL/Parquet file, a dataset, or 'demo')")
+        self.data.style()  # checks data.fewshot
         return self
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from sgpo.data import Problem, ProblemSet, load_problems
-from sgpo.prompts import PromptStyle
 from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import LossSettings, PolicyLoss
 from sgpo.trainer.methods import StepInputs, collect
@@ -165,7 +164,7 @@ class Trainer:
         ckpt_kwargs = {"use_reentrant": False}
         with unwrap_model_for_generation(self.module, acc, gradient_checkpointing_kwargs=ckpt_kwargs) as unwrapped:
             lm = unwrapped.lm
-            style = PromptStyle(self.cfg.data.system_prompt or None, self.cfg.data.instruction)
+            style = self.cfg.data.style()
             inputs = StepInputs(self.tokenizer, self._generator(lm), lm, self.teacher or lm, self.cfg.algorithm,
                                 self.pad_id, t.micro_batch_size, t.distill_chunk_size, self.competence, style)
             seed = t.seed * 1_000_003 + self.step * 7919 + acc.process_index
