@@ -214,3 +214,24 @@ def test_resume_with_the_real_hf_generator(tiny_model_dir: Path, tmp_path: Path)
                   show_progress=False)
     assert first.calls == 2 and second.calls == 0 and r1 == r2
     assert r1["mean_length"] <= 8 and r1["avg@k"] == 0.0
+
+
+def test_prompt_style_from_a_training_runs_config(tmp_path):
+    """`sgpo eval --train-config RUN/config.json` evaluates with the run's prompt format."""
+    from sgpo.evaluation.runner import prompt_style
+    from sgpo.io import DataError
+    from sgpo.prompts import PromptStyle
+    from sgpo.trainer.config import load_config
+
+    cfg = load_config(None, ["data.path=x", "data.system_prompt=Be brief.", "data.instruction=Box it."])
+    cfg.data.fewshot = [{"problem": "What is 40 + 35?", "response": "The answer is \\boxed{75}."}]
+    run_config = tmp_path / "config.json"
+    run_config.write_text(json.dumps(cfg.to_dict()))
+    style = prompt_style(str(run_config))
+    assert style == cfg.data.style() and style.examples == (("What is 40 + 35?", "The answer is \\boxed{75}."),)
+    assert prompt_style(None) == PromptStyle()
+    run_config.write_text(json.dumps({"data": {"fewshot": [{"problem": "q"}]}}))
+    with pytest.raises(DataError, match=r"config.json, field 'data.fewshot': data.fewshot\[0\]"):
+        prompt_style(str(run_config))
+    with pytest.raises(DataError, match="not found"):
+        prompt_style(str(tmp_path / "missing.json"))

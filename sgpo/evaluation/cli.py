@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--answer-field", default="answer", help="gold answer column of JSONL/Parquet files")
     p.add_argument("--id-field", default="id", help="problem id column (row numbers when absent)")
     p.add_argument("--dtype", default="auto", help="model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    p.add_argument("--train-config", metavar="PATH",
+                   help="a training run's config.json (or its YAML): evaluate with the prompt format it trained "
+                        "with (data.system_prompt, data.instruction, data.fewshot); default: the spec's prompt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
@@ -76,7 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
                      max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
                      backend=args.backend, batch_size=args.batch_size, limit=args.limit,
                      problem_field=args.problem_field, answer_field=args.answer_field, id_field=args.id_field,
-                     dtype=args.dtype, show_progress=not args.no_progress)
+                     dtype=args.dtype, show_progress=not args.no_progress, train_config=args.train_config)
     try:
         results = run_evaluation(cfg)
     except DataError as e:

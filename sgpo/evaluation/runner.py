@@ -167,6 +167,27 @@ class EvalConfig:
     dtype: str = "auto"
     grader_timeout_s: float = 5.0
     show_progress: bool = True
+    train_config: str | None = None  # a run's config.json or YAML: evaluate with its prompt format
+
+
+def prompt_style(train_config: str | None) -> PromptStyle:
+    """The prompt format recorded in a training config (its ``data`` section), or the spec's
+    default. Read as plain YAML/JSON so evaluation does not depend on the trainer."""
+    if not train_config:
+        return PromptStyle()
+    import yaml
+
+    path = Path(train_config)
+    if not path.is_file():
+        raise DataError(str(path), "training config not found")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = raw.get("data", {}) if isinstance(raw, dict) else None
+    if not isinstance(data, dict):
+        raise DataError(str(path), "expected a mapping with a 'data' section", field="data")
+    try:
+        return PromptStyle.from_data_config(data)
+    except ValueError as e:
+        raise DataError(str(path), str(e), field="data.fewshot") from None
 
 
 def _load_generator(cfg: EvalConfig, batch_size: int) -> tuple[Any, Any, Generator]:
@@ -192,6 +213,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     names = [b.name for b in benches]
     if len(set(names)) != len(names):
         raise DataError(", ".join(cfg.benchmarks), f"two benchmarks share a name ({names})")
+    style = prompt_style(cfg.train_config)
     batch_size = cfg.batch_size or (32 if cfg.backend == "hf" else 1024)
     model, tokenizer, generator = _load_generator(cfg, batch_size)
     out = Path(cfg.output_dir)
@@ -204,7 +226,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         k = cfg.num_samples or bench.default_k
         result, records = evaluate_records(model, tokenizer, bench.problems, bench.name, sampling, k, generator,
                                            out, batch_size, model_id=cfg.model, show_progress=cfg.show_progress,
-                                           grader_timeout_s=cfg.grader_timeout_s)
+                                           grader_timeout_s=cfg.grader_timeout_s, style=style)
         results["benchmarks"][bench.name] = result
         results["config"]["benchmark_sources"][bench.name] = bench.source
         results["config"]["k"][bench.name] = k

@@ -43,12 +43,8 @@ class DataConfig:
     demo_problems: int = 256  # size of the procedural set when path == "demo"
 
     def style(self) -> PromptStyle:
-        """The prompt format of training (and of any evaluation meant to match it)."""
-        for i, ex in enumerate(self.fewshot):
-            if not isinstance(ex, dict) or not isinstance(ex.get("problem"), str) or not isinstance(ex.get("response"), str):
-                raise ValueError(f"data.fewshot[{i}] must be a mapping with text fields 'problem' and 'response', got {ex!r}")
-        return PromptStyle(self.system_prompt or None, self.instruction,
-                           tuple((ex["problem"], ex["response"]) for ex in self.fewshot))
+        """The prompt format of training (``sgpo eval --train-config`` evaluates with it)."""
+        return PromptStyle.from_data_config(dataclasses.asdict(self))
 
 
 @dataclass
