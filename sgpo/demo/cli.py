@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="SGPO vs GRPO on SmolLM2-135M-Instruct, CPU only", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default="runs/demo", help="where runs, evaluations and report.md go (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per method (default: 5; 2 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per method (default: 4; 2 with --quick)")
     p.add_argument("--quick", action="store_true", help="a smoke-test sized run (about 5 minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, sampling and training (default: 0)")
     p.set_defaults(func=run)

@@ -119,6 +119,16 @@ def plot_accuracy(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
+def _step_axis(ax: Any, steps: Sequence[float]) -> None:
+    """Integer step ticks over the whole run, so a lone point (one distilled step) sits in context."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if steps:
+        ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
+
+
 def plot_guidance(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path | None:
     """p_a, p_g and the mean instance weight of SGPO over steps, with GRPO's p_a for reference."""
     curves = [(legend, series(train_metrics.get(label, []), key)) for label, key, legend in GUIDANCE_CURVES]
@@ -130,7 +140,7 @@ def plot_guidance(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], path
     for legend, pts in curves:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None,
                 linestyle="--" if legend.startswith("GRPO") else "-", label=legend)
-    ax.set_xlabel("training step")
+    _step_axis(ax, [p[0] for _, pts in curves for p in pts])
     ax.set_ylabel("success rate / weight")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize="small")
@@ -157,7 +167,7 @@ def plot_distillation(history: Sequence[Mapping[str, Any]], path: Path) -> Path 
     ax2.set_title("share of KL mass in the top 10% of tokens", fontsize="small")
     ax2.legend(fontsize="small")
     for ax in (ax1, ax2):
-        ax.set_xlabel("training step")
+        _step_axis(ax, [h["step"] for h in history if _finite(h.get("step"))])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

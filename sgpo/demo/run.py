@@ -25,7 +25,7 @@ DEMO_FEWSHOT = ({"problem": "What is 40 + 35?", "response": "40 + 35 = 75. The a
 
 @dataclass
 class DemoSettings:
-    steps: int = 5  # optimiser steps per method
+    steps: int = 4  # optimiser steps per method (measured: 5 steps made the default run 14.3 min)
     train_problems: int = 128
     eval_problems: int = 32
     eval_samples: int = 2  # k for avg@k on held-out problems
