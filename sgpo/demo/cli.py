@@ -10,7 +10,7 @@ build a procedural math training set with a strategy per problem family, measure
 strategies help the initial model (p_g vs p_a), train SGPO and GRPO from the same initial model
 with the same seed and the same number of sampled trajectories, evaluate the initial and both
 trained models on held-out problems, and write DIR/report.md with plots. No GPU, no network.
-The default run takes about 15 minutes on 2 CPU cores; --quick about 5."""
+The default run takes about 13 minutes on 2 CPU cores; --quick about 3.5."""
 
 
 def register(sub: Any) -> None:
@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default="runs/demo", help="where runs, evaluations and report.md go (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (default: 4; 2 with --quick)")
-    p.add_argument("--quick", action="store_true", help="a smoke-test sized run (about 5 minutes)")
+    p.add_argument("--quick", action="store_true", help="a smoke-test sized run (about 3.5 minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, sampling and training (default: 0)")
     p.set_defaults(func=run)
 
