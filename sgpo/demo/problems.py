@@ -221,9 +221,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
         {"side": (2, 30)}, _draw_square_perimeter),
 ]}
 
-# Measured with the demo's prompt (one few-shot exchange), temperature 0.7, 32 samples each:
-# unguided success addition ~0.55, subtraction ~0.12, add_items ~0.22, groups ~0.16; one-digit
-# multiplication ~1.0 (no learning signal) is left out. See benchmarks/results/guidance.md.
+# Measured with the demo's prompt (one few-shot exchange), temperature 0.7, 8 problems x 4 samples
+# per family (benchmarks/results/guidance.md): unguided success addition 0.41, subtraction 0.19,
+# add_items 0.25, groups 0.06, and guided success below it in every family. One-digit
+# multiplication (~1.0 unguided in an earlier run: no learning signal) is left out.
 DEFAULT_FAMILIES: list[str] = ["addition", "subtraction", "add_items", "groups"]
 
 

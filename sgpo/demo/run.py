@@ -16,7 +16,7 @@ from sgpo.prompts import PromptStyle
 # A 135M model rambles under the spec's "reason step by step" instruction and rarely boxes an
 # answer within ~100 tokens. A short format instruction plus one worked exchange (its numbers
 # outside every family's range, so it answers no demo problem) lifts its measured unguided
-# success on the default families from about 5% to about 30% (benchmarks/measure_guidance.py).
+# success on the default families from 5-11% to 23% (benchmarks/measure_guidance.py).
 DEMO_SYSTEM = ("You are a careful math assistant. Solve the problem briefly and end with the final answer in "
                "\\boxed{}, for example: 3 + 4 = 7, so the answer is \\boxed{7}.")
 DEMO_INSTRUCTION = "Answer briefly and put the final answer in \\boxed{}."
