@@ -137,3 +137,12 @@ def test_errors():
 def test_range_override_is_respected():
     recs = make_problems(10, seed=0, families=["square_perimeter"], ranges={"square_perimeter": {"side": (30, 60)}})
     assert all(120 <= int(r["answer"]) <= 240 for r in recs)
+
+
+def test_demo_trains_and_evaluates_with_one_prompt_format(tmp_path):
+    from sgpo.demo.run import DemoSettings, _train_config
+
+    settings = DemoSettings()
+    for method in ("grpo", "sgpo"):
+        cfg = _train_config(method, tmp_path, settings, "unused-model").validate()
+        assert cfg.data.style() == settings.style and settings.style.examples

@@ -57,15 +57,15 @@ def _train_config(method: str, out: Path, s: DemoSettings, model_path: str) -> A
     sets = [f"algorithm.method={method}", "data.path=demo", f"model.name_or_path={model_path}",
             "model.dtype=float32", f"algorithm.group_auto={g_a}", f"algorithm.group_guided={s.group_guided}",
             f"algorithm.max_new_tokens={s.max_new_tokens}", f"algorithm.top_k={s.top_k}",
-            f"algorithm.temperature={s.train_temperature}", f"data.system_prompt={DEMO_SYSTEM}",
-            f"data.instruction={DEMO_INSTRUCTION}",
+            f"algorithm.temperature={s.train_temperature}",
             f"training.max_steps={s.steps}", f"training.prompts_per_step={s.prompts_per_step}",
             f"training.learning_rate={s.learning_rate}", "training.micro_batch_size=8",
             "training.generation_batch_size=32", f"training.seed={s.seed}", f"run.output_dir={out / 'runs' / method}",
             f"run.save_steps={max(1, s.steps // 2)}", "run.save_final_model=false"]
     cfg = load_config(None, sets)
-    cfg.data.fewshot = [dict(e) for e in DEMO_FEWSHOT]
-    assert cfg.data.style() == s.style  # training and evaluation prompts must match
+    style = s.style  # training and evaluation prompts must match
+    cfg.data.system_prompt, cfg.data.instruction = style.system or "", style.instruction
+    cfg.data.fewshot = [{"problem": q, "response": a} for q, a in style.examples]
     return cfg
 
 
