@@ -59,17 +59,19 @@ class PromptStyle:
     examples: tuple[tuple[str, str], ...] = ()  # few-shot (problem, response) exchanges
 
     @classmethod
-    def from_data_config(cls, data: dict[str, Any], where: str = "data") -> "PromptStyle":
+    def from_data_config(cls, data: dict[str, Any]) -> "PromptStyle":
         """The style of a training config's data section (``system_prompt``, ``instruction``,
-        ``fewshot`` as ``[{problem, response}]``); missing keys take the defaults."""
+        ``fewshot`` as ``[{problem, response}]``); missing keys take the defaults, and an
+        instruction given as empty text stays empty."""
         examples = data.get("fewshot") or []
         if not isinstance(examples, list):
-            raise ValueError(f"{where}.fewshot must be a list of {{problem, response}} mappings, got {examples!r}")
+            raise ValueError(f"data.fewshot must be a list of {{problem, response}} mappings, got {examples!r}")
         for i, ex in enumerate(examples):
             if not (isinstance(ex, dict) and isinstance(ex.get("problem"), str) and isinstance(ex.get("response"), str)):
-                raise ValueError(f"{where}.fewshot[{i}] must be a mapping with text fields 'problem' and 'response', "
+                raise ValueError(f"data.fewshot[{i}] must be a mapping with text fields 'problem' and 'response', "
                                  f"got {ex!r}")
-        return cls(data.get("system_prompt") or None, data.get("instruction") or BOXED_INSTRUCTION,
+        instruction = data.get("instruction")
+        return cls(data.get("system_prompt") or None, BOXED_INSTRUCTION if instruction is None else instruction,
                    tuple((ex["problem"], ex["response"]) for ex in examples))
 
     def messages(self, problem: str, strategy: str | None = None) -> list[dict[str, str]]:

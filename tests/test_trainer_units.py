@@ -48,6 +48,7 @@ def test_fewshot_from_yaml_or_set_reaches_the_prompt(tmp_path):
     same = load_config(None, ["data.path=x", "data.fewshot=[{problem: 'What is 40 + 35?', response: 'The answer is "
                                              "\\boxed{75}.'}]", "data.system_prompt=Be brief.", "data.instruction=Box it."])
     assert same.validate().data.style() == style
+    assert load_config(None, ["data.path=x", "data.instruction="]).data.style().instruction == ""  # kept empty
     with pytest.raises(ValueError, match=r"data.fewshot\[0\]"):
         load_config(None, ["data.path=x", "data.fewshot=[{problem: q}]"]).validate()
 

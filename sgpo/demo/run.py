@@ -4,6 +4,7 @@ checkpoints and evaluation skips problems already graded in the output directory
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -17,10 +18,14 @@ from sgpo.prompts import PromptStyle
 # answer within ~100 tokens. A short format instruction plus one worked exchange (its numbers
 # outside every family's range, so it answers no demo problem) lifts its measured unguided
 # success on the default families from 5-11% to 23% (benchmarks/measure_guidance.py).
-DEMO_SYSTEM = ("You are a careful math assistant. Solve the problem briefly and end with the final answer in "
-               "\\boxed{}, for example: 3 + 4 = 7, so the answer is \\boxed{7}.")
-DEMO_INSTRUCTION = "Answer briefly and put the final answer in \\boxed{}."
-DEMO_FEWSHOT = ({"problem": "What is 40 + 35?", "response": "40 + 35 = 75. The answer is \\boxed{75}."},)
+# The demo's prompt format as a training config's data section: training sets these fields,
+# evaluation reads the same dict through PromptStyle.from_data_config.
+DEMO_PROMPT: dict[str, Any] = {
+    "system_prompt": ("You are a careful math assistant. Solve the problem briefly and end with the final answer "
+                      "in \\boxed{}, for example: 3 + 4 = 7, so the answer is \\boxed{7}."),
+    "instruction": "Answer briefly and put the final answer in \\boxed{}.",
+    "fewshot": [{"problem": "What is 40 + 35?", "response": "40 + 35 = 75. The answer is \\boxed{75}."}],
+}
 
 
 @dataclass
@@ -47,7 +52,7 @@ class DemoSettings:
 
     @property
     def style(self) -> PromptStyle:
-        return PromptStyle(DEMO_SYSTEM, DEMO_INSTRUCTION, tuple((e["problem"], e["response"]) for e in DEMO_FEWSHOT))
+        return PromptStyle.from_data_config(DEMO_PROMPT)
 
 
 def _train_config(method: str, out: Path, s: DemoSettings, model_path: str) -> Any:
@@ -63,9 +68,8 @@ def _train_config(method: str, out: Path, s: DemoSettings, model_path: str) -> A
             "training.generation_batch_size=32", f"training.seed={s.seed}", f"run.output_dir={out / 'runs' / method}",
             f"run.save_steps={max(1, s.steps // 2)}", "run.save_final_model=false"]
     cfg = load_config(None, sets)
-    style = s.style  # training and evaluation prompts must match
-    cfg.data.system_prompt, cfg.data.instruction = style.system or "", style.instruction
-    cfg.data.fewshot = [{"problem": q, "response": a} for q, a in style.examples]
+    for key, value in DEMO_PROMPT.items():  # the prompt format evaluation uses too (DemoSettings.style)
+        setattr(cfg.data, key, copy.deepcopy(value))
     return cfg
 
 
