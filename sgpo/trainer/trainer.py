@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,13 @@ from typing import Any
 import torch
 
 from sgpo.data import Problem, ProblemSet, load_problems
+from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import LossSettings, PolicyLoss
 from sgpo.trainer.methods import StepInputs, collect
 from sgpo.trainer.metrics import StepMetrics
 from sgpo.trainer.update import accumulate_gradients, clip_and_check
 
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -69,6 +68,7 @@ class Trainer:
 
         self.cfg = cfg.validate()
         self.out = Path(cfg.run.output_dir)
+        self.run_folder = RunFolder(self.out, cfg.run.save_total_limit)
         self.accelerator = Accelerator(log_with=cfg.run.report_to or None, project_dir=str(self.out))
         set_seed(cfg.training.seed)
         self.problems = problems if problems is not None else load_training_problems(cfg)
@@ -106,37 +106,20 @@ class Trainer:
             lm.config.use_cache = False
         return tokenizer, lm
 
-    # -- checkpoints ---------------------------------------------------------------------------
-    def _checkpoints(self) -> list[Path]:
-        found = [p for p in self.out.glob("checkpoint-*") if (p / STATE_FILE).exists()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
+    # -- checkpoints (the folder's rules live in sgpo.trainer.checkpoint) -------------------------
     def save_checkpoint(self) -> None:
-        path = self.out / f"checkpoint-{self.step}"
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process:
-            state = {"step": self.step, "competence": self.competence, "skipped": self.skipped,
-                     "nonfinite_run": self.nonfinite_run}
-            (path / STATE_FILE).write_text(json.dumps(state))
-            for old in self._checkpoints()[:-self.cfg.run.save_total_limit or None]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
+        state = {"step": self.step, "competence": self.competence, "skipped": self.skipped,
+                 "nonfinite_run": self.nonfinite_run}
+        self.run_folder.save(self.accelerator, self.step, state)
 
     def maybe_resume(self) -> None:
-        ckpts = self._checkpoints() if self.cfg.run.resume else []
-        if not ckpts:
+        found = self.run_folder.resume(self.accelerator) if self.cfg.run.resume else None
+        if found is None:
             return
-        self.accelerator.load_state(str(ckpts[-1]))
-        state = json.loads((ckpts[-1] / STATE_FILE).read_text())
+        state, self.history, path = found
         self.step, self.competence = state["step"], state["competence"]
         self.skipped, self.nonfinite_run = state["skipped"], state["nonfinite_run"]
-        metrics_file = self.out / "metrics.jsonl"
-        if metrics_file.exists():  # drop lines logged after the checkpoint
-            lines = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
-            self.history = [h for h in lines if h["step"] <= self.step]
-            if self.accelerator.is_main_process:
-                metrics_file.write_text("".join(json.dumps(h) + "\n" for h in self.history))
-        self.accelerator.print(f"resumed from {ckpts[-1]} at step {self.step}")
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
 
     # -- the loop --------------------------------------------------------------------------------
     def _generator(self, lm: Any) -> Any:
@@ -226,8 +209,7 @@ class Trainer:
                                    time_rollout=t1 - t0, time_update=t2 - t1)
         self.history.append(record)
         if acc.is_main_process and self.step % cfg.run.logging_steps == 0:
-            with (self.out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.run_folder.log_metrics(record)
         acc.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", p_a=f"{record.get('p_auto', float('nan')):.2f}")
