@@ -4,13 +4,16 @@ errors that name the file, row and field, and crash-safe appends of JSONL record
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from sgpo.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Bad input data; the message names the source, the row (1-based) and the field."""
 
     def __init__(self, source: str, message: str, row: int | None = None, field: str | None = None):
@@ -83,16 +86,48 @@ def require_field(rec: dict[str, Any], field: str, source: str, row: int, *, all
     return value
 
 
+class WriteError(UserError):
+    """A write that could not complete (disk full, file too large, read-only folder). What
+    was written before it is intact; the partial write itself has been undone."""
+
+    def __init__(self, path: str | os.PathLike, err: OSError):
+        reason = err.strerror or str(err)
+        super().__init__(f"{path}: could not write ({reason}); earlier results are intact, "
+                         "free space or fix the folder and rerun to continue")
+        self.path = str(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write fewer bytes than asked (a full disk, a file-size limit, a signal):
+    write the rest, and let the OSError the next call raises propagate."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # never seen on Linux for a regular file, but would loop forever
+            raise OSError(errno.EIO, "write returned 0 bytes")
+        view = view[n:]
+
+
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
-    """Append records, each as one complete line in a single write followed by fsync, so a
-    kill at any moment leaves at most one torn last line (skipped by :func:`read_jsonl_tolerant`)."""
+    """Append records as complete lines followed by fsync, whole or not at all: a write that
+    fails part-way (disk full) is cut back to the previous end of the file and raises
+    :class:`WriteError`; a kill mid-write leaves at most one torn last line (skipped by
+    :func:`read_jsonl_tolerant`, cut by :func:`repair_jsonl_tail`)."""
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not data:
         return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data.encode("utf-8"))
-        os.fsync(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WriteError(path, e) from None
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data.encode("utf-8"))
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, start)  # shrinking needs no space
+            raise WriteError(path, e) from None
     finally:
         os.close(fd)
 
@@ -131,9 +166,25 @@ def repair_jsonl_tail(path: str | os.PathLike) -> bool:
     return True
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temp file then rename, so readers never see a half-written file."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see the old file
+    or the new one, never a half-written one; on failure the old file is untouched and a
+    :class:`WriteError` is raised."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, e) from None
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON whole or not at all (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

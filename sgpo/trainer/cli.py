@@ -10,7 +10,9 @@ HELP = """Train a policy with SGPO or a baseline (grpo, sft, luffy) or an ablati
 guided_rl) from a YAML config. Runs as is on one device; under `accelerate launch` on several
 processes (DDP, FSDP, DeepSpeed ZeRO-3). The output directory holds the resolved config
 (config.json), metrics.jsonl (one JSON object per step), checkpoints (checkpoint-STEP, resumed
-automatically) and the final model (final/)."""
+automatically) and the final model (final/). A folder holds one run: resuming with other
+math-relevant settings (say another --method) or --no-resume into a folder that holds a run
+is refused unless --overwrite deletes the earlier run."""
 
 
 def register(sub: Any) -> None:
@@ -22,7 +24,10 @@ def register(sub: Any) -> None:
     p.add_argument("--output-dir", help="override run.output_dir")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config field, e.g. --set algorithm.top_k=32 (repeatable)")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start from scratch; refused if the output directory already holds a run, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in the output directory (checkpoints, metrics, final model) first")
     p.set_defaults(func=run)
 
 
@@ -37,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         sets.append(f"run.output_dir={args.output_dir}")
     if args.no_resume:
         sets.append("run.resume=false")
+    if args.overwrite:
+        sets.append("run.overwrite=true")
     try:
         cfg = load_config(args.config, sets).validate()
     except (ValueError, FileNotFoundError) as e:

@@ -106,8 +106,9 @@ class RunConfig:
     output_dir: str = "runs/sgpo"
     logging_steps: int = 1
     save_steps: int = 50  # 0 = only at the end
-    save_total_limit: int = 2
+    save_total_limit: int = 2  # checkpoints kept, newest first; 0 = keep all
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
+    overwrite: bool = False  # delete a run already in output_dir (else a mismatched or fresh start is refused)
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb, ...
     save_final_model: bool = True
     progress: bool = True
@@ -143,6 +144,8 @@ class TrainConfig:
             raise ValueError("top_k >= 0, prompts_per_step >= 1, micro_batch_size >= 1, max_steps >= 1 required")
         if a.ppo_epochs < 1 or a.mini_batches < 1:
             raise ValueError("algorithm.ppo_epochs and algorithm.mini_batches must be >= 1")
+        if self.run.save_total_limit < 0:
+            raise ValueError(f"run.save_total_limit = {self.run.save_total_limit}: must be >= 0 (0 keeps every checkpoint)")
         if not self.data.path:
             raise ValueError("data.path is required (a JSONL/Parquet file, a dataset, or 'demo')")
         self.data.style()  # checks data.fewshot

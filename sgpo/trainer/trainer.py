@@ -5,7 +5,6 @@ trajectories feed which term lives in sgpo.trainer.methods."""
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -68,8 +67,11 @@ class Trainer:
 
         self.cfg = cfg.validate()
         self.out = Path(cfg.run.output_dir)
-        self.run_folder = RunFolder(self.out, cfg.run.save_total_limit)
         self.accelerator = Accelerator(log_with=cfg.run.report_to or None, project_dir=str(self.out))
+        self.run_folder = RunFolder(self.out, cfg.run.save_total_limit)
+        self.run_folder.prepare(cfg.to_dict(), resume=cfg.run.resume, overwrite=cfg.run.overwrite,
+                                is_main_process=self.accelerator.is_main_process)
+        self.accelerator.wait_for_everyone()
         set_seed(cfg.training.seed)
         self.problems = problems if problems is not None else load_training_problems(cfg)
         self.tokenizer, lm = self._load_model(model, tokenizer)
@@ -110,7 +112,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "competence": self.competence, "skipped": self.skipped,
                  "nonfinite_run": self.nonfinite_run}
-        self.run_folder.save(self.accelerator, self.step, state)
+        self.run_folder.save(self.accelerator, self.step, state, self.cfg.to_dict())
 
     def maybe_resume(self) -> None:
         found = self.run_folder.resume(self.accelerator) if self.cfg.run.resume else None
@@ -178,7 +180,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self.maybe_resume()
         if acc.is_main_process:
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            self.run_folder.write_config(cfg.to_dict())
             acc.print(f"{len(self.problems)} problems from {self.problems.source}; "
                       f"{self.problems.without_strategy} without a strategy train with the RL term only")
         acc.init_trackers(self.out.name, config=_flat(cfg.to_dict()))
