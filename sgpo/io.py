@@ -26,18 +26,36 @@ class DataError(UserError):
         self.source, self.row, self.field = source, row, field
 
 
+def _decode_lines(path: Path) -> list[str]:
+    """The file's lines as text; bytes that are not UTF-8 are a DataError naming the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(str(path), f"cannot read ({e.strerror})") from None
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            out.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(str(path), f"not UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}); "
+                            "convert the file to UTF-8", row=lineno) from None
+    return out
+
+
 def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), f"invalid JSON ({e.msg} at column {e.colno})", row=lineno) from None
-            if not isinstance(rec, dict):
-                raise DataError(str(path), f"expected a JSON object, got {type(rec).__name__}", row=lineno)
-            yield rec
+    for lineno, line in enumerate(_decode_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(str(path), f"invalid JSON ({e.msg} at column {e.colno})", row=lineno) from None
+        if not isinstance(rec, dict):
+            raise DataError(str(path), f"expected a JSON object, got {type(rec).__name__}", row=lineno)
+        yield rec
 
 
 def read_records(source: str | os.PathLike, split: str = "train") -> list[dict[str, Any]]:
@@ -138,7 +156,7 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out: list[dict[str, Any]] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _decode_lines(path)
     for i, line in enumerate(lines):
         if not line.strip():
             continue
