@@ -3,6 +3,7 @@ with extracted strategies. A bad row stops the run with the file, row and field.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from sgpo.io import DataError, read_records
@@ -72,13 +73,46 @@ def build_problems(records: list[dict], source: str, *, problem_field: str = "pr
 
 
 def load_problems(path: str, *, split: str = "train", strategies_path: str = "", max_problems: int = 0,
-                  **fields: object) -> ProblemSet:
+                  min_strategy_coverage: float = 0.0, **fields: object) -> ProblemSet:
+    """Read and validate problems, joining ``strategies_path`` by id. With
+    ``min_strategy_coverage`` > 0 (methods that learn from strategies) a strategies file
+    whose ids cover less than that share of the problems, or problems of which less than
+    that share has a strategy, are an error; a partial match above it is a warning."""
     records = read_records(path, split=split)
     if max_problems:
         records = records[:max_problems]
     strategies = None
     if strategies_path:
-        from sgpo.strategies.store import load_strategies
+        from sgpo.strategies.store import load_strategies, strategy_file_ids
 
         strategies = load_strategies(strategies_path)
-    return build_problems(records, str(path), strategies=strategies, **fields)  # type: ignore[arg-type]
+    problems = build_problems(records, str(path), strategies=strategies, **fields)  # type: ignore[arg-type]
+    if min_strategy_coverage > 0:
+        file_ids = strategy_file_ids(strategies_path) if strategies_path else None
+        check_strategy_coverage(problems, min_strategy_coverage, strategies_path, file_ids)
+    return problems
+
+
+def check_strategy_coverage(problems: ProblemSet, min_coverage: float, strategies_path: str = "",
+                            file_ids: set[str] | None = None) -> None:
+    """Stop a strategy-guided run whose strategies do not belong to its problems (a
+    misspelt or wrong file, another id field): without this it trains as GRPO with exit 0."""
+    n = len(problems)
+    with_strategy = n - problems.without_strategy
+    setting = f"data.min_strategy_coverage={min_coverage:g}"
+    if file_ids is not None:
+        ids = [p.id for p in problems.problems]
+        matched = sum(i in file_ids for i in ids)
+        if matched < min_coverage * n:
+            example = sorted(file_ids)[:2]
+            raise DataError(strategies_path, f"{matched} of {n} problem ids of {problems.source} have a record here "
+                            f"(file ids look like {example}, problem ids like {ids[:2]}); check the file and "
+                            f"data.id_field, or lower {setting}")
+        if matched < n:
+            print(f"sgpo: warning: {n - matched} of {n} problems have no record in {strategies_path}; "
+                  "they train with the RL term only", file=sys.stderr)
+    if with_strategy == 0 or (file_ids is None and with_strategy < min_coverage * n):
+        where = strategies_path or f"{problems.source} (data.strategy_field)"
+        status = " with status ok" if strategies_path else ""
+        raise DataError(where, f"{with_strategy} of {n} problems have a strategy{status}; a strategy-guided method "
+                        f"needs at least {setting} of them (or train with --method grpo)")

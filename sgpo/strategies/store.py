@@ -38,10 +38,18 @@ def latest_records(path: str | os.PathLike, key: Callable[[dict[str, Any]], Hash
     return latest
 
 
+def strategy_file_ids(path: str | os.PathLike) -> set[str]:
+    """Every problem id the file has a record for, whatever its status."""
+    return {str(r.get("id")) for r in read_jsonl_tolerant(path)}
+
+
 def load_strategies(path: str | os.PathLike) -> dict[str, str]:
     """id -> rendered strategy text for every problem whose newest record has status ``ok``.
     Records of other statuses are skipped (those problems train without a strategy); when a
-    file holds several runs for one id (say two teachers), the newest record wins."""
+    file holds several runs for one id (say two teachers), the newest record wins. A missing
+    file is an error (read as empty, SGPO would quietly train as GRPO)."""
+    if not os.path.isfile(path):
+        raise DataError(str(path), "strategies file not found" + (" (it is a folder)" if os.path.isdir(path) else ""))
     by_id = latest_records(path, key=lambda r: str(r.get("id")))
     out: dict[str, str] = {}
     for rec in by_id.values():

@@ -35,6 +35,9 @@ class DataConfig:
     teacher_response_field: str = "teacher_response"  # strong-model solution (sft, luffy)
     id_field: str = "id"  # optional; row number otherwise
     strategies_path: str = ""  # `sgpo extract` output, joined by id (overrides strategy_field)
+    # strategy-guided methods (sgpo, imitation, guided_rl): share of problems whose id must be in
+    # strategies_path (or that must have a strategy_field); below it the run stops, above it a warning
+    min_strategy_coverage: float = 0.5
     max_problems: int = 0  # 0 = all
     system_prompt: str = ""  # optional system turn (evaluate with the same one)
     instruction: str = BOXED_INSTRUCTION  # appended to every problem
@@ -146,6 +149,8 @@ class TrainConfig:
             raise ValueError("algorithm.ppo_epochs and algorithm.mini_batches must be >= 1")
         if self.run.save_total_limit < 0:
             raise ValueError(f"run.save_total_limit = {self.run.save_total_limit}: must be >= 0 (0 keeps every checkpoint)")
+        if not 0 <= self.data.min_strategy_coverage <= 1:
+            raise ValueError(f"data.min_strategy_coverage = {self.data.min_strategy_coverage}: must be in [0, 1]")
         if not self.data.path:
             raise ValueError("data.path is required (a JSONL/Parquet file, a dataset, or 'demo')")
         self.data.style()  # checks data.fewshot

@@ -17,7 +17,7 @@ from sgpo.data import Problem, ProblemSet, load_problems
 from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import LossSettings, PolicyLoss
-from sgpo.trainer.methods import StepInputs, collect
+from sgpo.trainer.methods import StepInputs, collect, method_uses_guidance
 from sgpo.trainer.metrics import StepMetrics
 from sgpo.trainer.update import accumulate_gradients, clip_and_check
 
@@ -44,7 +44,8 @@ def load_training_problems(cfg: TrainConfig) -> ProblemSet:
     return load_problems(d.path, split=d.split, strategies_path=d.strategies_path, max_problems=d.max_problems,
                          problem_field=d.problem_field, answer_field=d.answer_field, strategy_field=d.strategy_field,
                          teacher_response_field=d.teacher_response_field, id_field=d.id_field,
-                         need_teacher_response=need_teacher)
+                         need_teacher_response=need_teacher,
+                         min_strategy_coverage=d.min_strategy_coverage if method_uses_guidance(cfg.algorithm.method) else 0)
 
 
 def step_problems(problems: list[Problem], step: int, per_step: int, seed: int, rank: int, world: int) -> list[Problem]:
