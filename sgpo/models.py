@@ -103,3 +103,42 @@ def tiny_model(path: str | os.PathLike, vocab_from: str | None = None, seed: int
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A cheap identity of a model's weights, for deciding whether saved results still hold.
+
+    A folder: names, sizes and modification times (ns) of its weight files plus config.json's
+    bytes; retraining into the same folder rewrites the files, so the mtimes change, and no
+    gigabytes are read (a copy without preserved mtimes only costs a regeneration). A Hub id:
+    the id. A model in memory: 1024 evenly spaced values of every parameter; any optimiser
+    step moves nearly every value, so two different weight sets collide only if all sampled
+    values agree. None gives ''."""
+    if model is None:
+        return ""
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(resolve_model_path(str(model)))
+        if not path.is_dir():
+            return f"hub:{model}"
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES):
+                st = f.stat()
+                h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+        if (path / "config.json").is_file():
+            h.update((path / "config.json").read_bytes())
+        return "files:" + h.hexdigest()[:16]
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            idx = torch.linspace(0, flat.numel() - 1, min(flat.numel(), 1024), device=flat.device).long()
+            h.update(name.encode())
+            h.update(flat[idx].float().cpu().numpy().tobytes())
+    return "params:" + h.hexdigest()[:16]

@@ -18,7 +18,9 @@ Defaults follow the usual protocol: temperature 0.6, top-p 0.95, up to 8192 new 
 k = 32 samples per problem on aime24/amc23 and 4 elsewhere (avg@k, unbiased pass@k, 95%
 bootstrap CI over problems). Outputs in --output-dir: results.json, results.md and
 records/NAME.jsonl (every completion with its grade). Rerunning with the same settings
-resumes: finished problems are not generated again."""
+resumes: a finished problem is not generated again while the model's weights, the prompt,
+the sampling, k and the problem's text and answer are unchanged; the summary says how many
+records were reused and how many regenerated."""
 
 REPORT_HELP = """Compare several `sgpo eval` output directories: report.md with a table (one row per
 run, one column per benchmark, cells "avg [lo, hi]" in %), accuracy.png (bars with 95% CI)
@@ -88,9 +90,16 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, r in results["benchmarks"].items():
         lo, hi = r["ci95"]
         print(f"{name:>14}: avg@{r['k']} {100 * r['avg@k']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]  "
-              f"pass@{r['k']} {100 * r['pass@k']:.1f}  (n={r['n']})")
+              f"pass@{r['k']} {100 * r['pass@k']:.1f}  (n={r['n']}, {_reuse(r)})")
     print(f"{'macro':>14}: avg {100 * results['macro']['avg@k']:.1f}; outputs in {cfg.output_dir}/{RESULTS_JSON}")
     return 0
+
+
+def _reuse(r: dict[str, Any]) -> str:
+    text = f"{r.get('reused', 0)} reused from earlier records"
+    if r.get("stale"):
+        text += f", {r['stale']} regenerated because the model, prompt, sampling or problem changed"
+    return text
 
 
 def run_report(args: argparse.Namespace) -> int:

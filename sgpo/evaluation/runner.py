@@ -27,14 +27,21 @@ RESULTS_MD = "results.md"
 
 
 def config_hash(model_id: str, tokenizer: Any, sampling: SamplingConfig, num_samples: int,
-                style: PromptStyle = PromptStyle()) -> str:
-    """Identity of everything that determines a problem's samples: model, prompt (chat
-    template and instruction, via a rendered placeholder), sampling and k. Records with
-    another hash are ignored on resume. The batch size is left out: it is a system knob."""
+                style: PromptStyle = PromptStyle(), weights: str = "") -> str:
+    """Identity of everything besides the problem that determines its samples: model name,
+    weights (:func:`sgpo.models.weights_fingerprint`), prompt (chat template and
+    instruction, via a rendered placeholder), sampling and k. The batch size is left out: it
+    is a system knob."""
     prompt = style.render(tokenizer, "{problem}")
-    payload = json.dumps({"model": model_id, "prompt": prompt, "sampling": asdict(sampling), "k": num_samples},
-                         sort_keys=True)
+    payload = json.dumps({"model": model_id, "prompt": prompt, "sampling": asdict(sampling), "k": num_samples,
+                          "weights": weights}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def input_hash(problem: dict[str, str]) -> str:
+    """Identity of what a record was graded on: problem text, gold answer and strategy."""
+    blob = json.dumps([problem["problem"], problem["answer"], problem.get("strategy")], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def records_path(output_dir: str | Path, name: str) -> Path:
@@ -66,7 +73,7 @@ def grade_problem(problem: dict[str, str], completions: list[Completion], name: 
     """One per-problem record: the completions and their grades."""
     graded = [score_detailed(c.text, problem["answer"], timeout_s) for c in completions]
     return {
-        "benchmark": name, "id": problem["id"], "config_hash": chash, "seed": seed,
+        "benchmark": name, "id": problem["id"], "config_hash": chash, "input_hash": input_hash(problem), "seed": seed,
         "problem": problem["problem"], "answer": problem["answer"],
         "completions": [c.text for c in completions],
         "extracted": [g.extracted for g in graded],
@@ -77,11 +84,23 @@ def grade_problem(problem: dict[str, str], completions: list[Completion], name: 
     }
 
 
-def load_finished(path: Path, chash: str) -> dict[str, dict[str, Any]]:
-    """Records of an earlier run with the same config, by problem id (a torn last line
-    from a kill is cut off so appending can continue)."""
+def load_finished(path: Path, chash: str, rows: Sequence[dict[str, str]]) -> tuple[dict[str, dict[str, Any]], int]:
+    """Records of an earlier run that still hold, by problem id: same config hash (model,
+    weights, prompt, sampling, k) and same problem, answer and strategy. Returns them and
+    how many problems have only records that no longer hold (they are generated again). A
+    torn last line from a kill is cut off so appending can continue."""
     repair_jsonl_tail(path)
-    return {str(r["id"]): r for r in read_jsonl_tolerant(path) if r.get("config_hash") == chash}
+    want = {p["id"]: input_hash(p) for p in rows}
+    done, stale = {}, set()
+    for r in read_jsonl_tolerant(path):
+        pid = str(r.get("id"))
+        if pid not in want:
+            continue
+        if r.get("config_hash") == chash and r.get("input_hash") == want[pid]:
+            done[pid] = r
+        else:
+            stale.add(pid)
+    return done, len(stale - done.keys())
 
 
 def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], name: str,
@@ -94,12 +113,15 @@ def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, An
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
     gen = generator or make_generator("hf", model, tokenizer, batch_size=batch_size)
+    from sgpo.models import weights_fingerprint
+
     mid = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", "") or model)
-    chash = config_hash(mid, tokenizer, sampling, num_samples, style)
+    chash = config_hash(mid, tokenizer, sampling, num_samples, style, weights_fingerprint(model))
     path = records_path(output_dir, name) if output_dir is not None else None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    done = load_finished(path, chash) if path is not None else {}
+    done, stale = load_finished(path, chash, rows) if path is not None else ({}, 0)
+    reused = sum(p["id"] in done for p in rows)
     # Problems per generate call, grouped by prompt length: left padding to the longest
     # prompt of a call is pure waste, and on CPU prefill dominates short generations. The
     # grouping depends only on the problem list, so seeds (seed + position of the call's
@@ -125,21 +147,23 @@ def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, An
         bar.update(len(new))
     bar.close()
     records = [done[p["id"]] for p in rows]
-    return summarize(records, k=num_samples), records
+    return {**summarize(records, k=num_samples), "reused": reused, "stale": stale}, records
 
 
 def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], name: str, sampling: SamplingConfig,
              num_samples: int, generator: Generator | None = None, output_dir: str | Path | None = None,
              batch_size: int = 32, **kwargs: Any) -> dict[str, Any]:
     """Evaluate a model in memory on one benchmark and return its result dict
-    (``n, k, avg@k, pass@k, ci95, truncation_rate, mean_length, timeouts``).
+    (``n, k, avg@k, pass@k, ci95, truncation_rate, mean_length, timeouts, reused, stale``).
 
     ``problems`` are dicts with ``id``, ``problem`` and ``answer``. Without ``generator``
     an HF batched generator is built from ``model`` and ``tokenizer``. With ``output_dir``
     per-problem records are appended to ``records/NAME.jsonl`` and finished problems are
-    not generated again. Keyword options: ``model_id`` (names the model in the config hash;
-    pass a distinct one for a model whose weights changed since the last call with the same
-    output_dir), ``show_progress``, ``grader_timeout_s``."""
+    not generated again as long as the model's weights (a fingerprint), the prompt, the
+    sampling, k and the problem's text and answer are unchanged; ``reused`` and ``stale``
+    in the result count the records kept and those regenerated because something changed.
+    Keyword options: ``model_id`` (names the model in the records), ``show_progress``,
+    ``grader_timeout_s``, ``style``."""
     result, _ = evaluate_records(model, tokenizer, problems, name, sampling, num_samples, generator, output_dir,
                                  batch_size, **kwargs)
     return result
