@@ -5,8 +5,6 @@ records are generated again and the summary says how many were reused."""
 import json
 import time
 
-import pytest
-
 from sgpo.evaluation.runner import evaluate_records, records_path
 from sgpo.generation import SamplingConfig
 from tests.test_eval_runner import ANSWERS, PROBLEMS, PlainTokenizer, ScriptedGenerator
