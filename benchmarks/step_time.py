@@ -28,7 +28,7 @@ def step_times(method: str, model: str, steps: int, tokens: int, g_a: int, g_g: 
     sets = [f"algorithm.method={method}", "data.path=unused", f"model.name_or_path={model}", "model.dtype=float32",
             f"algorithm.group_auto={g_a}", f"algorithm.group_guided={g_g}", f"algorithm.max_new_tokens={tokens}",
             "algorithm.weight_mode=constant", "algorithm.distill_on=all", f"training.max_steps={steps + 1}",
-            "training.prompts_per_step=4", "training.micro_batch_size=12", "training.generation_batch_size=48",
+            "training.prompts_per_step=4", "system.micro_batch_size=12", "system.generation_batch_size=48",
             "run.save_steps=0", "run.save_final_model=false", "run.progress=false", f"run.output_dir={out / method}"]
     problems = build_problems([{"id": str(i), "problem": f"What is {i} + {2 * i}?", "answer": str(3 * i),
                                 "strategy": STRATEGY} for i in range(16)], "bench")

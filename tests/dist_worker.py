@@ -7,7 +7,8 @@ import sys
 import torch
 
 from sgpo.trainer.batch import TrainSequence
-from sgpo.trainer.loss import LossSettings, PolicyLoss
+from sgpo.core import LossSettings
+from sgpo.trainer.loss import PolicyLoss
 from sgpo.trainer.update import accumulate_gradients
 
 
@@ -34,7 +35,7 @@ def main(model_dir: str, out: str) -> None:
 
     acc = Accelerator()
     lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
-    module = acc.prepare(PolicyLoss(lm, LossSettings(chunk_size=5)))
+    module = acc.prepare(PolicyLoss(lm, LossSettings(), temperature=1.0, chunk_size=5))
     seqs = fixed_batch(lm.config.vocab_size)[acc.process_index::acc.num_processes]
     loss, _ = accumulate_gradients(acc, module, seqs, micro_batch_size=2, pad_id=0)
     if acc.is_main_process:

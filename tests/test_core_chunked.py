@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sgpo.core import (
     DIVERGENCES,
+    LossSettings,
     PROXIMAL_MODES,
     distill_loss_from_hidden,
     distill_loss_reference,
@@ -50,9 +51,10 @@ def _problem(dtype=F64, device="cpu", seed=0):
     return cast(h), cast(w), cast(b), tensors, kwargs
 
 
-def _run(fn, h, w, b, tensors, kwargs, **extra):
+def _run(fn, h, w, b, tensors, kwargs, divergence="forward", proximal="c2", **extra):
+    settings = LossSettings(divergence=divergence, proximal=proximal)
     loss, metrics = fn(h, w, tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"],
-                       lm_head_bias=b, **kwargs, **extra)
+                       lm_head_bias=b, settings=settings, **kwargs, **extra)
     grads = torch.autograd.grad(loss, (h, w, b))
     return loss, grads, metrics
 
@@ -100,7 +102,7 @@ def test_k_equal_v_matches_full_forward_kl():
     teacher_logits = torch.randn(M, V, dtype=F64, generator=gen) * 2
     lp, ids = teacher_topk(teacher_logits, V)
     loss, metrics = distill_loss_from_hidden(h, w, ids, lp, torch.ones(M, dtype=F64), sampled_ids=ids[:, 0],
-                                             proximal="none", chunk_size=4)
+                                             settings=LossSettings(proximal="none"), chunk_size=4)
     full = forward_kl((h @ w.T)[None], teacher_logits[None])[0]  # [M]
     torch.testing.assert_close(loss, full.sum(), rtol=0, atol=1e-12)
     torch.testing.assert_close(metrics["kl_per_token"], full.detach(), rtol=0, atol=1e-12)
@@ -121,7 +123,8 @@ def test_tied_embedding_gradients_accumulate():
     grads = []
     for fn in (distill_loss_reference, distill_loss_from_hidden):
         hidden = torch.tanh(emb[tokens] @ mix)  # [M, H]
-        loss, _ = fn(hidden, emb, ids, teacher_lp, coef, sampled_ids=tokens, proximal="none", chunk_size=3)
+        loss, _ = fn(hidden, emb, ids, teacher_lp, coef, sampled_ids=tokens, settings=LossSettings(proximal="none"),
+                     chunk_size=3)
         grads.append(torch.autograd.grad(loss, emb)[0])
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
 
@@ -177,7 +180,7 @@ def test_no_grad_and_argument_errors():
     assert not loss.requires_grad and loss.isfinite()
     with pytest.raises(ValueError, match="forward"):
         distill_loss_from_hidden(h, w, tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"],
-                                 **kwargs, divergence="reverse", proximal="c1")
+                                 **kwargs, settings=LossSettings(divergence="reverse", proximal="c1"))
     with pytest.raises(ValueError, match="shape"):
         distill_loss_from_hidden(h[:3], w, tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"],
                                  **kwargs)

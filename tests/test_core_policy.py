@@ -15,7 +15,7 @@ def test_clipped_surrogate_by_hand():
     old = torch.tensor([[-1.0, -2.0, -math.inf], [-0.5, -0.3, -math.inf]], dtype=torch.float64)
     logp = (old + ratios.log()).clone().requires_grad_()
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
-    per_tok, m = clipped_policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask)
+    per_tok, m = clipped_policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, 0.2, 0.28)
     expected = torch.tensor([[-1.28, -0.5, 0.0], [0.8, 1.5, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(per_tok, expected, rtol=0, atol=1e-12)
     # unclipped tokens: d(-A r)/dlogp = -A r -> -0.5 and +1.5; clipped ones and padding: 0
@@ -29,7 +29,7 @@ def test_clipped_surrogate_by_hand():
 
 def test_clipped_surrogate_all_masked_is_zero():
     logp = torch.randn(2, 3, requires_grad=True)
-    per_tok, m = clipped_policy_loss(logp, logp.detach(), torch.ones(2), torch.zeros(2, 3))
+    per_tok, m = clipped_policy_loss(logp, logp.detach(), torch.ones(2), torch.zeros(2, 3), 0.2, 0.28)
     assert torch.equal(per_tok, torch.zeros(2, 3)) and float(m["ratio_mean"]) == 0.0
 
 

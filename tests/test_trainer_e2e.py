@@ -41,7 +41,7 @@ def _cfg(tmp_path, method, model, *extra):
             "data.instruction=Answer briefly and put the final answer in \\boxed{}.",
             "algorithm.group_auto=4", "algorithm.group_guided=2", "algorithm.max_new_tokens=32", "algorithm.top_k=8",
             "algorithm.temperature=0.7", "training.max_steps=2", "training.prompts_per_step=4",
-            "training.learning_rate=1e-4", "training.micro_batch_size=8", "training.seed=1", "run.save_steps=0",
+            "training.learning_rate=1e-4", "system.micro_batch_size=8", "training.seed=1", "run.save_steps=0",
             "run.progress=false", "algorithm.weight_mode=constant", "algorithm.distill_on=all", *extra]
     return load_config(None, sets)
 
@@ -92,7 +92,7 @@ def test_resume_continues_from_checkpoint(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("proximal", ["c1", "c2", "c3"])
 def test_several_updates_per_rollout_use_the_proximal_terms(tmp_path, tiny_model_dir, proximal):
-    res = train(_cfg(tmp_path, "sgpo", tiny_model_dir, "algorithm.mini_batches=2", f"algorithm.proximal={proximal}",
+    res = train(_cfg(tmp_path, "sgpo", tiny_model_dir, "algorithm.mini_batches=2", f"loss.proximal={proximal}",
                      "training.max_steps=1"), problems=_problems())
     assert torch.isfinite(torch.tensor(res.history[0]["loss"]))
     assert "loss/distill" in res.history[0]

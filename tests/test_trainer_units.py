@@ -26,7 +26,10 @@ def test_yaml_and_set_overrides(tmp_path):
 @pytest.mark.parametrize("sets, needle", [
     (["algorithm.nope=1"], "algorithm.nope"),
     (["algorithm.group_auto=abc"], "expected int"),
-    (["algorithm.proximal=c9", "data.path=x"], "algorithm.proximal"),
+    (["loss.proximal=c9", "data.path=x"], "loss.proximal"),
+    (["algorithm.tau=0.1"], "algorithm.tau': it moved to 'loss.tau'"),
+    (["training.micro_batch_size=2"], "moved to 'system.micro_batch_size'"),
+    (["data.style=x"], "data.style"),
     (["algorithm.method=ppo", "data.path=x"], "algorithm.method"),
 ])
 def test_bad_config_names_the_key(sets, needle):

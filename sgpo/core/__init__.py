@@ -1,5 +1,6 @@
 """The pure algorithmic core of SGPO: advantages, instance weights, policy losses, divergences,
-proximal constraints, loss aggregation and the chunked LM-head losses.
+proximal constraints, loss aggregation, the chunked LM-head losses and the one
+definition of the objective's knobs (:class:`LossSettings`).
 
 Imports only torch and the standard library; trainers, CLIs and I/O call into it, never the
 other way round (tests/test_core_imports.py checks this in a fresh interpreter)."""
@@ -7,7 +8,6 @@ other way round (tests/test_core_imports.py checks this in a fresh interpreter).
 from sgpo.core.advantages import ADVANTAGE_SCALES, group_advantages
 from sgpo.core.aggregate import AGGREGATION_MODES, aggregate, masked_mean
 from sgpo.core.chunked import (
-    DistillSettings,
     distill_loss_from_hidden,
     distill_loss_reference,
     token_logprobs_from_hidden,
@@ -33,6 +33,7 @@ from sgpo.core.proximal import (
     distill_token_loss,
     psft_clip_loss,
 )
+from sgpo.core.settings import NORMALIZERS, LossSettings
 from sgpo.core.weights import WEIGHT_MODES, instance_weights, update_competence
 
 __all__ = [
@@ -41,7 +42,8 @@ __all__ = [
     "DIVERGENCES",
     "PROXIMAL_MODES",
     "WEIGHT_MODES",
-    "DistillSettings",
+    "LossSettings",
+    "NORMALIZERS",
     "aggregate",
     "bucket_divergence",
     "c2_trust_mask",

@@ -1,8 +1,8 @@
 """Losses computed from hidden states through the LM head, a chunk of tokens at a time.
 
 The logits of a long batch are the largest tensor of a training step ([M, V] with V ~ 50k-150k
-and M tens of thousands of tokens), and autograd keeps several copies of them. The spec asks
-that memory must not grow with T x V (section 2.4), so the two losses the trainer needs are
+and M tens of thousands of tokens), and autograd keeps several copies of them. Memory must not
+grow with T x V, so the two losses the trainer needs are
 computed here from the hidden states [M, H] and the LM-head weight [V, H], never holding more
 than [chunk_size, V] logits at once in forward or backward:
 
@@ -31,20 +31,16 @@ from torch.autograd.function import once_differentiable
 
 from sgpo.core.distill import DIVERGENCES, bucket_divergence, compute_dtype, support_logprobs, teacher_support
 from sgpo.core.proximal import PROXIMAL_MODES, c2_trust_mask, distill_token_loss
+from sgpo.core.settings import LossSettings
 
 
 @dataclass(frozen=True)
-class DistillSettings:
-    """The scalar knobs of the distillation term, passed as one object through autograd."""
+class _Pass:
+    """What one distillation call needs besides tensors, passed as one object through autograd."""
 
-    divergence: str = "forward"
-    proximal: str = "c2"
-    tau: float = math.log(1.28)
-    c1_eps: float = 0.28
-    c3_clip: float = math.log(2.0)
-    jsd_beta: float = 0.5
-    temperature: float = 1.0
-    chunk_size: int = 1024
+    loss: LossSettings
+    temperature: float
+    chunk_size: int
 
 
 @dataclass
@@ -84,7 +80,7 @@ def _head_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def _token_terms(student_lp: torch.Tensor, student_sampled: torch.Tensor, tg: DistillTargets, vocab: int,
-                 s: DistillSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 s: LossSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From student bucket log-probs [c, K+1] and sampled log-probs [c]: the weighted loss
     sum_t coef_t m_t l_t (scalar), the plain divergence per token [c] (0 where coef is 0) and
     the proximal mask [c]. Shared by the fused path and the reference."""
@@ -92,8 +88,7 @@ def _token_terms(student_lp: torch.Tensor, student_sampled: torch.Tensor, tg: Di
     old = None
     if s.proximal in ("c1", "c3"):
         old = student_lp.detach() if tg.old_support_lp is None else teacher_support(tg.old_support_lp, vocab_size=vocab)
-    per_token = distill_token_loss(student_lp, teacher, divergence=s.divergence, proximal=s.proximal, old_lp=old,
-                                   c1_eps=s.c1_eps, c3_clip=s.c3_clip, jsd_beta=s.jsd_beta)  # [c]
+    per_token = distill_token_loss(student_lp, teacher, s, old_lp=old)  # [c]
     if s.proximal == "c2" and tg.old_logp is not None:
         mask = c2_trust_mask(student_sampled, tg.old_logp, tg.teacher_logp_sampled, s.tau)  # [c]
     else:
@@ -108,7 +103,7 @@ def _token_terms(student_lp: torch.Tensor, student_sampled: torch.Tensor, tg: Di
     return weighted, plain, mask
 
 
-def _check_distill_args(hidden: torch.Tensor, weight: torch.Tensor, tg: DistillTargets, s: DistillSettings) -> None:
+def _check_distill_args(hidden: torch.Tensor, weight: torch.Tensor, tg: DistillTargets, s: LossSettings) -> None:
     if s.divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {s.divergence!r}; expected one of {DIVERGENCES}")
     if s.proximal not in PROXIMAL_MODES:
@@ -126,13 +121,13 @@ def _check_distill_args(hidden: torch.Tensor, weight: torch.Tensor, tg: DistillT
 
 
 def _fused_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tg: DistillTargets,
-                 s: DistillSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 run: _Pass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One chunk of c tokens: (weighted loss, dL/dlogits [c, V], plain divergence [c], mask [c],
     sampled log-prob [c]). dL/dlogits uses s_j = log-mass of bucket j minus logsumexp:
     ds_j/dz_v = 1[v in j] exp(z_v - lse_j) - softmax_v, so with gamma = dL/ds [c, K+1]
     dL/dz_v = gamma_j(v) exp(z_v - lse_j(v)) - softmax_v sum_j gamma_j."""
     k = tg.support_ids.shape[1]
-    z = _head_logits(h, weight, bias, s.temperature)  # [c, V]
+    z = _head_logits(h, weight, bias, run.temperature)  # [c, V]
     mx = z.amax(-1, keepdim=True)  # [c, 1]
     e = (z - mx).exp_()  # [c, V] unnormalised softmax
     se = e.sum(-1, keepdim=True)
@@ -147,14 +142,14 @@ def _fused_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     tail = mx_t + st.log() - lse  # [c, 1], -inf when the support covers the vocabulary
     student_lp = torch.cat([support, tail], dim=-1).requires_grad_()  # [c, K+1]
     with torch.enable_grad():
-        weighted, plain, mask = _token_terms(student_lp, sampled, tg, weight.shape[0], s)
+        weighted, plain, mask = _token_terms(student_lp, sampled, tg, weight.shape[0], run.loss)
         (gamma,) = torch.autograd.grad(weighted, student_lp)  # [c, K+1]
     g = e.mul_(-gamma.sum(-1, keepdim=True) / se)  # [c, V] -softmax * sum_j gamma_j
     tail_scale = torch.where(st > 0, gamma[:, k:] / torch.where(st > 0, st, torch.ones_like(st)), torch.zeros_like(st))
     g.add_(et.mul_(tail_scale))
     g.scatter_add_(-1, tg.support_ids, gamma[:, :k])
-    if s.temperature != 1.0:
-        g.div_(s.temperature)
+    if run.temperature != 1.0:
+        g.div_(run.temperature)
     return weighted.detach(), g, plain, mask, sampled
 
 
@@ -163,7 +158,7 @@ class _FusedDistill(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
-                tg: DistillTargets, s: DistillSettings, grad_enabled: bool):
+                tg: DistillTargets, run: _Pass, grad_enabled: bool):
         m, dtype, dev = hidden.shape[0], compute_dtype(hidden.dtype), hidden.device
         need_h, need_w, need_b = (grad_enabled and n for n in ctx.needs_input_grad[:3])
         loss = torch.zeros((), dtype=dtype, device=dev)
@@ -172,12 +167,12 @@ class _FusedDistill(torch.autograd.Function):
         grad_h = torch.zeros(m, hidden.shape[1], dtype=dtype, device=dev) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None
-        for sl in _chunks(m, s.chunk_size):
+        for sl in _chunks(m, run.chunk_size):
             part = tg.rows(sl)
             if not bool((part.coef != 0).any()):
                 continue  # contributes nothing; its metrics stay 0 like every coef = 0 token
             h = hidden[sl]  # [c, H]
-            chunk_loss, g, plain[sl], mask[sl], sampled[sl] = _fused_chunk(h, weight, bias, part, s)
+            chunk_loss, g, plain[sl], mask[sl], sampled[sl] = _fused_chunk(h, weight, bias, part, run)
             loss += chunk_loss
             g_in = g.to(weight.dtype)  # [c, V]
             if need_h:
@@ -234,12 +229,7 @@ def distill_loss_from_hidden(
     old_logp: torch.Tensor | None = None,  # [M] log q_old(y_t); None: q_old = q_theta (C2 masks nothing)
     teacher_logp_sampled: torch.Tensor | None = None,  # [M] log p(y_t), needed by C2 with old_logp
     old_support_logprobs: torch.Tensor | None = None,  # [M, K] log q_old on the support (C1/C3); None: q_theta
-    divergence: str = "forward",
-    proximal: str = "c2",
-    tau: float = math.log(1.28),
-    c1_eps: float = 0.28,
-    c3_clip: float = math.log(2.0),
-    jsd_beta: float = 0.5,
+    settings: LossSettings = LossSettings(),  # divergence, proximal variant and its parameters
     lm_head_bias: torch.Tensor | None = None,  # [V]
     temperature: float = 1.0,
     chunk_size: int = 1024,
@@ -256,12 +246,11 @@ def distill_loss_from_hidden(
     before the proximal mask; ``masked_frac`` the fraction of coef != 0 tokens C2 masked;
     ``student_logp_sampled`` [M] log q_theta(y_t). Per-token metrics are 0 where coef is 0.
     """
-    s = DistillSettings(divergence, proximal, tau, c1_eps, c3_clip, jsd_beta, temperature, chunk_size)
     tg = _targets(hidden, support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
                   old_support_logprobs)
-    _check_distill_args(hidden, lm_head_weight, tg, s)
-    loss, plain, masked, sampled = _FusedDistill.apply(hidden, lm_head_weight, lm_head_bias, tg, s,
-                                                       torch.is_grad_enabled())
+    _check_distill_args(hidden, lm_head_weight, tg, settings)
+    loss, plain, masked, sampled = _FusedDistill.apply(hidden, lm_head_weight, lm_head_bias, tg,
+                                                       _Pass(settings, temperature, chunk_size), torch.is_grad_enabled())
     return loss, _metrics(plain, masked, sampled, tg.coef)
 
 
@@ -276,26 +265,20 @@ def distill_loss_reference(
     old_logp: torch.Tensor | None = None,
     teacher_logp_sampled: torch.Tensor | None = None,
     old_support_logprobs: torch.Tensor | None = None,
-    divergence: str = "forward",
-    proximal: str = "c2",
-    tau: float = math.log(1.28),
-    c1_eps: float = 0.28,
-    c3_clip: float = math.log(2.0),
-    jsd_beta: float = 0.5,
+    settings: LossSettings = LossSettings(),  # divergence, proximal variant and its parameters
     lm_head_bias: torch.Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Reference for :func:`distill_loss_from_hidden`: full [M, V] logits and plain autograd.
     ``chunk_size`` is accepted for a drop-in signature and ignored."""
-    s = DistillSettings(divergence, proximal, tau, c1_eps, c3_clip, jsd_beta, temperature, chunk_size)
     tg = _targets(hidden, support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
                   old_support_logprobs)
-    _check_distill_args(hidden, lm_head_weight, tg, s)
+    _check_distill_args(hidden, lm_head_weight, tg, settings)
     logits = _head_logits(hidden, lm_head_weight, lm_head_bias, temperature)  # [M, V]
     student_lp = support_logprobs(logits, tg.support_ids)  # [M, K+1]
     sampled = torch.log_softmax(logits, dim=-1).gather(-1, tg.sampled_ids[:, None])[:, 0]  # [M]
-    loss, plain, mask = _token_terms(student_lp, sampled, tg, lm_head_weight.shape[0], s)
+    loss, plain, mask = _token_terms(student_lp, sampled, tg, lm_head_weight.shape[0], settings)
     active = tg.coef != 0
     masked = (active & (mask == 0)).sum().to(plain.dtype)
     sampled = torch.where(active, sampled.detach(), torch.zeros_like(plain))

@@ -1,6 +1,6 @@
 """Token-level divergences between the strategy-conditioned teacher p and the student q.
 
-The distillation term of SGPO (spec section 2.4) is a per-token divergence, by default the
+The distillation term of SGPO is a per-token divergence, by default the
 forward KL(p || q), over either the full vocabulary or the teacher's top-k support plus one
 "tail" bucket holding the remaining mass. This module holds both forms and the helpers that
 build the K+1 buckets; the full-vocabulary form is also the reference the top-k form is

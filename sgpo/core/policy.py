@@ -26,8 +26,8 @@ def clipped_policy_loss(
     old_logp: torch.Tensor,  # [N, T] log pi_old(y_t) at rollout time
     advantages: torch.Tensor,  # [N], broadcast over T
     mask: torch.Tensor,  # [N, T] 1 for loss tokens
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
+    eps_low: float,
+    eps_high: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DAPO/GRPO clipped surrogate ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)`` per token.
 
@@ -64,7 +64,7 @@ def luffy_offpolicy_loss(
     logp: torch.Tensor,  # [N, T] log pi_theta(y_t) of off-policy (strong-model) tokens
     advantages: torch.Tensor,  # [N]
     mask: torch.Tensor,  # [N, T]
-    gamma: float = 0.1,
+    gamma: float,
 ) -> torch.Tensor:  # [N, T]
     """LUFFY's shaped off-policy term ``-A * f(pi_theta(y_t))`` with ``f(p) = p / (p + gamma)``.
 

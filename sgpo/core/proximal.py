@@ -1,4 +1,4 @@
-"""Proximal constraints on the distillation term (spec section 2.5).
+"""Proximal constraints on the distillation term.
 
 The teacher can sit far from the student on strategy-critical tokens; following it without
 a limit destabilises training. Each variant bounds how far one update moves the student
@@ -21,6 +21,7 @@ import math
 import torch
 
 from sgpo.core.distill import bucket_divergence, compute_dtype
+from sgpo.core.settings import LossSettings
 
 PROXIMAL_MODES = ("c2", "c1", "c3", "none")
 
@@ -30,7 +31,7 @@ def c2_trust_mask(
     logp: torch.Tensor,  # [...] log q_theta(y_t), current student
     old_logp: torch.Tensor,  # [...] log q_old(y_t), rollout-time student
     teacher_logp_sampled: torch.Tensor,  # [...] log p(y_t)
-    tau: float = math.log(1.28),
+    tau: float,
 ) -> torch.Tensor:  # [...] 1.0 keeps the token, 0.0 drops it
     """C2 one-sided trust region: ``m_t = 0`` once ``sign(D_t) * d_t > tau`` with
     ``d_t = log q_theta(y_t) - log q_old(y_t)`` and ``D_t = log p(y_t) - log q_old(y_t)``.
@@ -48,7 +49,7 @@ def psft_clip_loss(
     student_lp: torch.Tensor,  # [..., K+1] log q_theta
     old_lp: torch.Tensor,  # [..., K+1] log q_old (no gradient)
     teacher_lp: torch.Tensor,  # [..., K+1] log p (no gradient)
-    eps: float = 0.28,
+    eps: float,
 ) -> torch.Tensor:  # [...]
     """C1: ``-sum_v p(v) min(q_theta(v) / q_old(v), 1 + eps)``.
 
@@ -66,7 +67,7 @@ def psft_clip_loss(
 def clipped_teacher(
     teacher_lp: torch.Tensor,  # [..., K+1] log p
     old_lp: torch.Tensor,  # [..., K+1] log q_old
-    clip: float = math.log(2.0),
+    clip: float,
 ) -> torch.Tensor:  # [..., K+1] log-probs of the C3 target
     """C3 target ``∝ q_old(v) exp(clip(log p(v) - log q_old(v), -c, c))``, renormalised.
 
@@ -80,17 +81,13 @@ def clipped_teacher(
 def distill_token_loss(
     student_lp: torch.Tensor,  # [..., K+1]
     teacher_lp: torch.Tensor,  # [..., K+1]
-    *,
-    divergence: str = "forward",
-    proximal: str = "c2",
+    settings: LossSettings,  # divergence, proximal variant, c1_eps, c3_clip, jsd_beta
     old_lp: torch.Tensor | None = None,  # [..., K+1], needed by c1 / c3
-    c1_eps: float = 0.28,
-    c3_clip: float = math.log(2.0),
-    jsd_beta: float = 0.5,
 ) -> torch.Tensor:  # [...]
     """Per-token distillation loss l_t for one proximal variant (C2's mask is applied by the
     caller: here c2 and none are the plain divergence). C1 is defined for the forward
     direction only (it is a clipped cross-entropy)."""
+    divergence, proximal = settings.divergence, settings.proximal
     if proximal not in PROXIMAL_MODES:
         raise ValueError(f"unknown proximal constraint {proximal!r}; expected one of {PROXIMAL_MODES}")
     if proximal in ("c1", "c3") and old_lp is None:
@@ -98,6 +95,6 @@ def distill_token_loss(
     if proximal == "c1":
         if divergence != "forward":
             raise ValueError(f"proximal 'c1' is a clipped forward KL; divergence {divergence!r} is not supported")
-        return psft_clip_loss(student_lp, old_lp, teacher_lp, c1_eps)
-    target = clipped_teacher(teacher_lp, old_lp, c3_clip) if proximal == "c3" else teacher_lp
-    return bucket_divergence(student_lp, target, divergence, jsd_beta)
+        return psft_clip_loss(student_lp, old_lp, teacher_lp, settings.c1_eps)
+    target = clipped_teacher(teacher_lp, old_lp, settings.c3_clip) if proximal == "c3" else teacher_lp
+    return bucket_divergence(student_lp, target, divergence, settings.jsd_beta)

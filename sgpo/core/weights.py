@@ -1,4 +1,4 @@
-"""Instance-level weights of the distillation term ("when to distill", spec section 2.6).
+"""Instance-level weights of the distillation term ("when to distill").
 
 SGPO strengthens strategy guidance where autonomous exploration falls short and fades it as
 the policy's own competence grows. The weight of problem i is a function of its autonomous

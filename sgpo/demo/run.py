@@ -59,13 +59,13 @@ def _train_config(method: str, out: Path, s: DemoSettings, model_path: str) -> A
     from sgpo.trainer.config import load_config
 
     g_a = s.group_auto if method == "sgpo" else s.group_auto + s.group_guided  # same trajectories per problem
-    sets = [f"algorithm.method={method}", "data.path=demo", f"model.name_or_path={model_path}",
+    sets = [f"algorithm.method={method}", "data.path=procedural", f"model.name_or_path={model_path}",
             "model.dtype=float32", f"algorithm.group_auto={g_a}", f"algorithm.group_guided={s.group_guided}",
             f"algorithm.max_new_tokens={s.max_new_tokens}", f"algorithm.top_k={s.top_k}",
             f"algorithm.temperature={s.train_temperature}",
             f"training.max_steps={s.steps}", f"training.prompts_per_step={s.prompts_per_step}",
-            f"training.learning_rate={s.learning_rate}", "training.micro_batch_size=8",
-            "training.generation_batch_size=32", f"training.seed={s.seed}", f"run.output_dir={out / 'runs' / method}",
+            f"training.learning_rate={s.learning_rate}", "system.micro_batch_size=8",
+            "system.generation_batch_size=32", f"training.seed={s.seed}", f"run.output_dir={out / 'runs' / method}",
             f"run.save_steps={max(1, s.steps // 2)}", "run.save_final_model=false"]
     cfg = load_config(None, sets)
     for key, value in DEMO_PROMPT.items():  # the prompt format evaluation uses too (DemoSettings.style)

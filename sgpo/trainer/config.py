@@ -1,18 +1,23 @@
-"""Typed training configuration, split by concern: what is trained (model, data), the
-algorithm's knobs (change the math), system knobs (never change the math, only speed and
-memory), and run bookkeeping. YAML files mirror these sections; ``--set section.key=value``
-overrides single fields."""
+"""Typed training configuration, split by concern: what is trained (``model``, ``data``), the
+algorithm (``algorithm``: method, sampling, weights, teacher; ``loss``: the objective's knobs,
+:class:`sgpo.core.LossSettings`), the optimisation (``training``), system knobs that never change
+the math, only speed and memory (``system``), and run bookkeeping (``run``). YAML files mirror
+these sections; ``--set section.key=value`` overrides single fields. Every field is documented
+by the comment on its line (or the comment lines just above it); docs/config.md is generated
+from those comments (:func:`reference_markdown`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sgpo.core import ADVANTAGE_SCALES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, WEIGHT_MODES, LossSettings
 from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
 
 METHODS = ("sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl")
@@ -21,29 +26,28 @@ METHODS = ("sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl")
 @dataclass
 class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"  # local folder, Hub id, or the SmolLM2 alias
-    dtype: str = "auto"  # auto: bf16 on a bf16-capable GPU, else float32
-    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # auto (bf16 on a bf16-capable GPU, else float32) | float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
 
 
 @dataclass
 class DataConfig:
-    path: str = ""  # JSONL, Parquet, a saved HF dataset folder or a Hub id; "demo" = procedural problems
-    split: str = "train"
-    problem_field: str = "problem"
-    answer_field: str = "answer"
-    strategy_field: str = "strategy"  # text or the strategy JSON; optional per row
+    path: str = ""  # JSONL, Parquet, a saved HF dataset folder or a Hub id (required)
+    split: str = "train"  # dataset split (HF datasets)
+    problem_field: str = "problem"  # column with the problem text
+    answer_field: str = "answer"  # column with the gold answer
+    strategy_field: str = "strategy"  # strategy text or the strategy JSON; optional per row
     teacher_response_field: str = "teacher_response"  # strong-model solution (sft, luffy)
     id_field: str = "id"  # optional; row number otherwise
     strategies_path: str = ""  # `sgpo extract` output, joined by id (overrides strategy_field)
     # strategy-guided methods (sgpo, imitation, guided_rl): share of problems whose id must be in
     # strategies_path (or that must have a strategy_field); below it the run stops, above it a warning
     min_strategy_coverage: float = 0.5
-    max_problems: int = 0  # 0 = all
+    max_problems: int = 0  # use the first N problems; 0 = all
     system_prompt: str = ""  # optional system turn (evaluate with the same one)
     instruction: str = BOXED_INSTRUCTION  # appended to every problem
     # few-shot exchanges shown before every problem, unguided: [{problem: ..., response: ...}]
     fewshot: list[dict[str, str]] = field(default_factory=list)
-    demo_problems: int = 256  # size of the procedural set when path == "demo"
 
     def style(self) -> PromptStyle:
         """The prompt format of training (``sgpo eval --train-config`` evaluates with it)."""
@@ -55,66 +59,59 @@ class AlgorithmConfig:
     method: str = "sgpo"  # sgpo | grpo | sft | luffy | imitation | guided_rl
     group_auto: int = 8  # G_a autonomous rollouts per problem
     group_guided: int = 4  # G_g strategy-guided rollouts per problem
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    # RL term (spec 2.3)
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    adv_scale: str = "group"  # group | batch | none
-    # distillation term (spec 2.4-2.7)
-    distill_coef: float = 1.0  # lambda
-    divergence: str = "forward"  # forward | reverse | jsd
-    jsd_beta: float = 0.5
-    top_k: int = 64  # teacher support; 0 = full vocabulary
-    distill_on: str = "correct"  # correct | all guided trajectories
+    temperature: float = 1.0  # sampling temperature; log-probs of every term use the same one
+    top_p: float = 1.0  # nucleus sampling of rollouts
+    max_new_tokens: int = 512  # rollout length limit (longer completions are cut and score 0)
+    adv_scale: str = "group"  # advantage (r - group mean) / std of: group | batch (all processes) | none
+    top_k: int = 64  # teacher support: top-k tokens plus a tail bucket; 0 = full vocabulary
+    distill_on: str = "correct"  # guided trajectories distilled: correct | all
     teacher: str = "rollout"  # rollout (params at rollout time) | initial (frozen initial policy)
-    proximal: str = "c2"  # c2 | c1 | c3 | none
-    tau: float = math.log(1.28)  # C2 trust region
-    c1_eps: float = 0.28
-    c3_clip: float = math.log(2.0)
-    weight_mode: str = "marginal"  # marginal (W1) | need (W2) | competence (W3) | constant
-    competence_momentum: float = 0.9
-    # LUFFY
-    luffy_gamma: float = 0.1  # f(p) = p / (p + gamma) on off-policy tokens
-    luffy_adv_scale: str = "none"  # spec: r - group mean
-    # updates per rollout batch: PPO epochs x mini-batches (1 x 1 = on-policy, old = current)
+    weight_mode: str = "marginal"  # instance weight: marginal (W1) | need (W2) | competence (W3) | constant
+    competence_momentum: float = 0.9  # W3: running competence c <- m c + (1 - m) p_a
+    luffy_adv_scale: str = "none"  # LUFFY advantage scale (r - group mean, as LUFFY)
+    # optimiser updates per rollout batch: PPO epochs x mini-batches (1 x 1 = on-policy, old = current)
     ppo_epochs: int = 1
-    mini_batches: int = 1
+    mini_batches: int = 1  # mini-batches per epoch; > 1 makes the proximal constraint act
 
 
 @dataclass
 class TrainingConfig:
-    """System knobs: none of these change the loss or gradient of a step."""
+    """Optimisation: these change what is learned."""
 
-    max_steps: int = 100
+    max_steps: int = 100  # rollout batches (each one or more optimiser updates)
     prompts_per_step: int = 8  # B, global over all processes
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 8  # sequences per forward/backward
-    generation_backend: str = "hf"  # hf | vllm | vllm-server
-    generation_batch_size: int = 64
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_host: str = "127.0.0.1"
-    vllm_port: int = 8000
-    distill_chunk_size: int = 1024  # tokens per LM-head chunk in the fused losses
-    seed: int = 0
-    max_nonfinite_in_a_row: int = 3
+    learning_rate: float = 1e-6  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 0  # linear warmup to the learning rate, then constant
+    max_grad_norm: float = 1.0  # gradient-norm clip; 0 = no clipping
+    seed: int = 0  # problem order, sampling and initialisation seeds
+    max_nonfinite_in_a_row: int = 3  # stop after this many steps in a row with a non-finite loss or gradient
+
+
+@dataclass
+class SystemConfig:
+    """System knobs: none of these change the loss or gradient of a step, only speed and memory."""
+
+    micro_batch_size: int = 8  # sequences per forward/backward (and per no-grad teacher forward)
+    generation_backend: str = "hf"  # hf | vllm (colocated) | vllm-server
+    generation_batch_size: int = 64  # prompts per `generate` call (hf backend)
+    chunk_size: int = 1024  # tokens per LM-head chunk in the fused losses and teacher targets
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the colocated vLLM engine takes
+    vllm_host: str = "127.0.0.1"  # vllm-server: host of the server
+    vllm_port: int = 8000  # vllm-server: port of the server
 
 
 @dataclass
 class RunConfig:
-    output_dir: str = "runs/sgpo"
-    logging_steps: int = 1
-    save_steps: int = 50  # 0 = only at the end
+    output_dir: str = "runs/sgpo"  # config.json, metrics.jsonl, checkpoint-STEP/, final/
+    logging_steps: int = 1  # write a metrics.jsonl line every N steps
+    save_steps: int = 50  # checkpoint every N steps; 0 = only at the end
     save_total_limit: int = 2  # checkpoints kept, newest first; 0 = keep all
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
     overwrite: bool = False  # delete a run already in output_dir (else a mismatched or fresh start is refused)
-    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb, ...
-    save_final_model: bool = True
-    progress: bool = True
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, ...
+    save_final_model: bool = True  # write the trained model to output_dir/final
+    progress: bool = True  # show a progress bar
 
 
 @dataclass
@@ -122,29 +119,36 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    loss: LossSettings = field(default_factory=LossSettings)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        a, t = self.algorithm, self.training
+        a, t, s, loss = self.algorithm, self.training, self.system, self.loss
         _choice("algorithm.method", a.method, METHODS)
-        _choice("algorithm.adv_scale", a.adv_scale, ("group", "batch", "none"))
-        _choice("algorithm.luffy_adv_scale", a.luffy_adv_scale, ("group", "batch", "none"))
-        _choice("algorithm.divergence", a.divergence, ("forward", "reverse", "jsd"))
+        _choice("algorithm.adv_scale", a.adv_scale, ADVANTAGE_SCALES)
+        _choice("algorithm.luffy_adv_scale", a.luffy_adv_scale, ADVANTAGE_SCALES)
         _choice("algorithm.distill_on", a.distill_on, ("correct", "all"))
         _choice("algorithm.teacher", a.teacher, ("rollout", "initial"))
-        _choice("algorithm.proximal", a.proximal, ("c2", "c1", "c3", "none"))
-        _choice("algorithm.weight_mode", a.weight_mode, ("marginal", "need", "competence", "constant"))
-        _choice("training.generation_backend", t.generation_backend, ("hf", "vllm", "vllm-server"))
+        _choice("algorithm.weight_mode", a.weight_mode, WEIGHT_MODES)
+        _choice("loss.divergence", loss.divergence, DIVERGENCES)
+        _choice("loss.proximal", loss.proximal, PROXIMAL_MODES)
+        _choice("loss.normalizer", loss.normalizer, NORMALIZERS)
+        _choice("system.generation_backend", s.generation_backend, ("hf", "vllm", "vllm-server"))
         if a.method != "sft" and a.group_auto < (2 if a.method != "luffy" else 1):
             raise ValueError("algorithm.group_auto must be >= 2 (advantages need a group)")
         if a.method in ("sgpo", "imitation", "guided_rl") and a.group_guided < 1:
             raise ValueError(f"algorithm.group_guided must be >= 1 for method '{a.method}'")
-        if a.top_k < 0 or t.prompts_per_step < 1 or t.micro_batch_size < 1 or t.max_steps < 1:
-            raise ValueError("top_k >= 0, prompts_per_step >= 1, micro_batch_size >= 1, max_steps >= 1 required")
+        if a.top_k < 0 or t.prompts_per_step < 1 or s.micro_batch_size < 1 or t.max_steps < 1 or s.chunk_size < 1:
+            raise ValueError("algorithm.top_k >= 0, training.prompts_per_step >= 1, system.micro_batch_size >= 1, "
+                             "training.max_steps >= 1, system.chunk_size >= 1 required")
+        if loss.proximal == "c1" and loss.divergence != "forward":
+            raise ValueError(f"loss.proximal = 'c1' is a clipped forward KL; loss.divergence = '{loss.divergence}' "
+                             "needs another proximal constraint")
         if a.ppo_epochs < 1 or a.mini_batches < 1:
             raise ValueError("algorithm.ppo_epochs and algorithm.mini_batches must be >= 1")
         if self.run.save_total_limit < 0:
@@ -152,7 +156,7 @@ class TrainConfig:
         if not 0 <= self.data.min_strategy_coverage <= 1:
             raise ValueError(f"data.min_strategy_coverage = {self.data.min_strategy_coverage}: must be in [0, 1]")
         if not self.data.path:
-            raise ValueError("data.path is required (a JSONL/Parquet file, a dataset, or 'demo')")
+            raise ValueError("data.path is required (a JSONL/Parquet file or a dataset)")
         self.data.style()  # checks data.fewshot
         return self
 
@@ -182,28 +186,45 @@ def _coerce(value: str, current: Any) -> Any:
     return parsed
 
 
+# keys that moved to another section: old path -> new path (named in the error)
+MOVED = {**{f"algorithm.{k}": f"loss.{k}" for k in ("eps_low", "eps_high", "distill_coef", "divergence", "jsd_beta",
+                                                     "proximal", "tau", "c1_eps", "c3_clip", "luffy_gamma")},
+         **{f"training.{k}": f"system.{k}" for k in ("micro_batch_size", "generation_backend", "generation_batch_size",
+                                                      "vllm_gpu_memory_utilization", "vllm_host", "vllm_port")},
+         "training.distill_chunk_size": "system.chunk_size"}
+
+
+def _set(cfg: TrainConfig, section: str, key: str, value: Any, parse: bool) -> None:
+    """Set ``section.key``; unknown names are errors that name the key (and where it moved)."""
+    sections = [f.name for f in dataclasses.fields(cfg)]
+    if section not in sections:
+        raise ValueError(f"unknown config section '{section}' (expected {', '.join(sections)})")
+    target = getattr(cfg, section)
+    if key not in {f.name for f in dataclasses.fields(target)}:
+        moved = MOVED.get(f"{section}.{key}")
+        hint = f": it moved to '{moved}'" if moved else ""
+        raise ValueError(f"unknown config key '{section}.{key}'{hint}")
+    if parse:
+        try:
+            value = _coerce(value, getattr(target, key))
+        except ValueError as e:
+            raise ValueError(f"--set {section}.{key}: {e}") from None
+    setattr(cfg, section, dataclasses.replace(target, **{key: value}))  # the loss section is frozen
+
+
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Apply a nested dict (from YAML) and then ``section.key=value`` strings; unknown keys are errors."""
     for section, values in (overrides or {}).items():
-        if not hasattr(cfg, section) or not isinstance(values, dict):
-            raise ValueError(f"unknown config section '{section}' (expected {', '.join(f.name for f in dataclasses.fields(cfg))})")
-        target = getattr(cfg, section)
+        if not isinstance(values, dict):
+            raise ValueError(f"config section '{section}' must be a mapping of keys, got {values!r}")
         for key, value in values.items():
-            if not hasattr(target, key):
-                raise ValueError(f"unknown config key '{section}.{key}'")
-            setattr(target, key, value)
+            _set(cfg, section, key, value, parse=False)
     for item in sets or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"--set expects section.key=value, got {item!r}")
         dotted, value = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        target = getattr(cfg, section, None)
-        if target is None or not hasattr(target, key):
-            raise ValueError(f"unknown config key '{dotted}'")
-        try:
-            setattr(target, key, _coerce(value, getattr(target, key)))
-        except ValueError as e:
-            raise ValueError(f"--set {dotted}: {e}") from None
+        _set(cfg, section, key, value, parse=True)
     return cfg
 
 
@@ -218,3 +239,44 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     return apply_overrides(cfg, sets=sets)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its documentation: the comment on the field's line, else the comment
+    lines just above it (the convention of every config dataclass)."""
+    docs: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        m = re.match(r"(\w+): [^#]+?(?:#\s*(.*))?$", text)
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+        elif m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
+            docs[m.group(1)] = m.group(2) or " ".join(above)
+            above = []
+        else:
+            above = []
+    return docs
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every section and key with its default and documentation, generated from
+    the dataclasses (tests/test_config.py checks the file is up to date)."""
+    lines = ["# Training configuration", "",
+             "Every key of `sgpo train --config FILE.yaml` and `--set section.key=value`, generated from the",
+             "dataclasses in `sgpo/trainer/config.py` and `sgpo/core/settings.py` by",
+             "`python -c 'from sgpo.trainer.config import reference_markdown as r; print(r(), end=\"\")' > docs/config.md`.",
+             ""]
+    for f in dataclasses.fields(TrainConfig):
+        cls = f.default_factory  # type: ignore[misc]
+        summary = (inspect.getdoc(cls) or "").splitlines()[0] if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
+        lines += [f"## `{f.name}`", ""] + ([summary, ""] if summary else [])
+        lines += ["| key | default | meaning |", "|---|---|---|"]
+        docs = field_docs(cls)
+        defaults = cls()
+        for sub in dataclasses.fields(cls):
+            default = getattr(defaults, sub.name)
+            shown = repr(round(default, 6) if isinstance(default, float) else default)
+            lines.append(f"| `{f.name}.{sub.name}` | `{shown}` | {docs.get(sub.name, '').replace('|', chr(92) + '|')} |")
+        lines.append("")
+    return "\n".join(lines)

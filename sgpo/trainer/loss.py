@@ -6,12 +6,11 @@ parameters are gathered and gradient hooks armed exactly as for an ordinary forw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from sgpo.compat import maybe_gather_lm_head_ctx
 from sgpo.core import (
+    LossSettings,
     clipped_policy_loss,
     distill_loss_from_hidden,
     luffy_offpolicy_loss,
@@ -22,29 +21,16 @@ from sgpo.trainer.batch import MicroBatch
 from sgpo.trainer.rollouts import base_and_head
 
 
-@dataclass(frozen=True)
-class LossSettings:
-    """The knobs of the objective (copied from AlgorithmConfig and the chunk size)."""
-
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    distill_coef: float = 1.0
-    divergence: str = "forward"
-    proximal: str = "c2"
-    tau: float = 0.2468600779315258  # log 1.28
-    c1_eps: float = 0.28
-    c3_clip: float = 0.6931471805599453  # log 2
-    jsd_beta: float = 0.5
-    luffy_gamma: float = 0.1
-    temperature: float = 1.0
-    chunk_size: int = 1024
-
-
 class PolicyLoss(torch.nn.Module):
-    def __init__(self, lm: torch.nn.Module, settings: LossSettings):
+    """The policy ``lm`` with the objective set by ``settings``; ``temperature`` is the sampling
+    temperature (log-probs of every term are taken at it), ``chunk_size`` the LM-head chunk."""
+
+    def __init__(self, lm: torch.nn.Module, settings: LossSettings, *, temperature: float, chunk_size: int):
         super().__init__()
         self.lm = lm
         self.settings = settings
+        self.temperature = temperature
+        self.chunk_size = chunk_size
 
     # generation helpers (TRL's unwrap_model_for_generation) toggle checkpointing through these
     @property
@@ -104,7 +90,7 @@ class PolicyLoss(torch.nn.Module):
             return {}
         idx = torch.cat([mb.index[r] for r in roles])
         lp = token_logprobs_from_hidden(h[idx], weight, mb.targets[idx], lm_head_bias=bias,
-                                        temperature=self.settings.temperature, chunk_size=self.settings.chunk_size)
+                                        temperature=self.temperature, chunk_size=self.chunk_size)
         return dict(zip(roles, lp.split([len(mb.index[r]) for r in roles])))
 
     def _distill(self, mb: MicroBatch, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -116,6 +102,5 @@ class PolicyLoss(torch.nn.Module):
             h[idx], weight, mb.support_ids, mb.teacher_lp, coef,
             sampled_ids=mb.targets[idx], old_logp=mb.old_logp.get("distill"),
             teacher_logp_sampled=mb.teacher_lp_sampled, old_support_logprobs=mb.old_support_lp,
-            divergence=s.divergence, proximal=s.proximal, tau=s.tau, c1_eps=s.c1_eps, c3_clip=s.c3_clip,
-            jsd_beta=s.jsd_beta, lm_head_bias=bias, temperature=s.temperature, chunk_size=s.chunk_size,
+            settings=s, lm_head_bias=bias, temperature=self.temperature, chunk_size=self.chunk_size,
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sgpo.core import group_advantages, instance_weights, update_competence
+from sgpo.core import LossSettings, group_advantages, instance_weights, update_competence
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig
 from sgpo.prompts import PromptStyle
@@ -30,6 +30,7 @@ class StepInputs:
     policy: Any  # unwrapped causal LM at rollout time
     teacher: Any  # causal LM giving teacher targets (the policy itself, or a frozen copy)
     algo: AlgorithmConfig
+    loss: LossSettings
     pad_id: int
     batch_size: int  # sequences per no-grad forward
     chunk_size: int
@@ -130,7 +131,7 @@ def _guided(inp: StepInputs, problems: list[Problem], has: list[int], guided_ids
     eligible = [(b, c) for b, group in enumerate(groups) for g, c in enumerate(group)
                 if c.token_ids and w[has[b]] > 0 and (algo.distill_on == "all" or r_g[b, g] > 0)]
     if algo.method == "imitation":  # ablation: NLL on eligible guided trajectories, unguided context
-        seqs = [TrainSequence(auto_ids[has[b]], c.token_ids, "nll", weight=algo.distill_coef * float(w[has[b]]))
+        seqs = [TrainSequence(auto_ids[has[b]], c.token_ids, "nll", weight=inp.loss.distill_coef * float(w[has[b]]))
                 for b, c in eligible]
         return seqs, stats, examples
     return _distill_sequences(inp, eligible, has, guided_ids, auto_ids, w), stats, examples
@@ -161,7 +162,7 @@ def attach_old_logprobs(inp: StepInputs, seqs: list[TrainSequence]) -> None:
     todo = [s for s in seqs if s.role in ("rl", "distill")]
     if not todo:
         return
-    need_support = inp.algo.proximal in ("c1", "c3")
+    need_support = inp.loss.proximal in ("c1", "c3")
     support = [s.support_ids if s.role == "distill" and need_support else None for s in todo]
     olds = old_logprobs(inp.policy, [s.prompt_ids for s in todo], [s.completion_ids for s in todo], support,
                         pad_id=inp.pad_id, batch_size=inp.batch_size, chunk_size=inp.chunk_size,

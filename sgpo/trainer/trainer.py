@@ -16,7 +16,7 @@ import torch
 from sgpo.data import Problem, ProblemSet, load_problems
 from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
-from sgpo.trainer.loss import LossSettings, PolicyLoss
+from sgpo.trainer.loss import PolicyLoss
 from sgpo.trainer.methods import StepInputs, collect, method_uses_guidance
 from sgpo.trainer.metrics import StepMetrics
 from sgpo.trainer.update import accumulate_gradients, clip_and_check
@@ -35,12 +35,6 @@ class TrainResult:
 def load_training_problems(cfg: TrainConfig) -> ProblemSet:
     d = cfg.data
     need_teacher = cfg.algorithm.method in ("sft", "luffy")
-    if d.path == "demo":
-        from sgpo.demo.problems import make_problems
-        from sgpo.data import build_problems
-
-        return build_problems(make_problems(d.demo_problems, seed=cfg.training.seed), "demo",
-                              teacher_response_field="solution", need_teacher_response=need_teacher)
     return load_problems(d.path, split=d.split, strategies_path=d.strategies_path, max_problems=d.max_problems,
                          problem_field=d.problem_field, answer_field=d.answer_field, strategy_field=d.strategy_field,
                          teacher_response_field=d.teacher_response_field, id_field=d.id_field,
@@ -77,14 +71,14 @@ class Trainer:
         self.problems = problems if problems is not None else load_training_problems(cfg)
         self.tokenizer, lm = self._load_model(model, tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
-        settings = LossSettings(**{k: getattr(cfg.algorithm, k) for k in LossSettings.__dataclass_fields__
-                                   if hasattr(cfg.algorithm, k)}, chunk_size=cfg.training.distill_chunk_size)
         t = cfg.training
         optimizer = torch.optim.AdamW(lm.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         from transformers import get_scheduler
 
         scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
-        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(PolicyLoss(lm, settings), optimizer, scheduler)
+        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(
+            PolicyLoss(lm, cfg.loss, temperature=cfg.algorithm.temperature, chunk_size=cfg.system.chunk_size),
+            optimizer, scheduler)
         self.teacher = None
         if cfg.algorithm.teacher == "initial":
             self.teacher = copy.deepcopy(lm).eval().requires_grad_(False)
@@ -128,7 +122,7 @@ class Trainer:
     def _generator(self, lm: Any) -> Any:
         from sgpo.generation import make_generator
 
-        t = self.cfg.training
+        t = self.cfg.system
         if t.generation_backend == "hf":
             return make_generator("hf", lm, self.tokenizer, batch_size=t.generation_batch_size)
         if self.generator is None:
@@ -144,7 +138,7 @@ class Trainer:
     def rollout(self) -> Any:
         from sgpo.compat import unwrap_model_for_generation
 
-        acc, t = self.accelerator, self.cfg.training
+        acc, t, system = self.accelerator, self.cfg.training, self.cfg.system
         local = step_problems(self.problems.problems, self.step, t.prompts_per_step, t.seed,
                               acc.process_index, acc.num_processes)
         ckpt_kwargs = {"use_reentrant": False}
@@ -152,7 +146,8 @@ class Trainer:
             lm = unwrapped.lm
             style = self.cfg.data.style()
             inputs = StepInputs(self.tokenizer, self._generator(lm), lm, self.teacher or lm, self.cfg.algorithm,
-                                self.pad_id, t.micro_batch_size, t.distill_chunk_size, self.competence, style)
+                                self.cfg.loss, self.pad_id, system.micro_batch_size, system.chunk_size,
+                                self.competence, style)
             seed = t.seed * 1_000_003 + self.step * 7919 + acc.process_index
             return collect(inputs, local, seed=seed)
 
@@ -164,7 +159,7 @@ class Trainer:
             for k in range(a.mini_batches):
                 part = seqs[k::a.mini_batches]
                 loss, m = accumulate_gradients(self.accelerator, self.module, part,
-                                               micro_batch_size=t.micro_batch_size, pad_id=self.pad_id)
+                                               micro_batch_size=self.cfg.system.micro_batch_size, pad_id=self.pad_id)
                 norm, finite = clip_and_check(self.accelerator, self.module, t.max_grad_norm, loss)
                 if finite:
                     self.optimizer.step()

@@ -1,0 +1,35 @@
+"""The knobs of the training objective, defined once.
+
+:class:`LossSettings` is the ``loss:`` section of the training config (``--set loss.tau=0.1``),
+the object :class:`sgpo.trainer.loss.PolicyLoss` holds and what the distillation functions of
+the core take. Every default below is the only place that default is written down.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+NORMALIZERS = ("rl", "all")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The knobs of the objective (the ``loss:`` section of the training config)."""
+
+    # RL term: DAPO clipped surrogate, ratio clipped to [1 - eps_low, 1 + eps_high]
+    eps_low: float = 0.2  # lower clip of the importance ratio
+    eps_high: float = 0.28  # upper clip of the importance ratio (DAPO's clip-higher)
+    # distillation term: lambda * (1/N) * sum_i w_i sum_t m_t l_t
+    distill_coef: float = 1.0  # lambda, the weight of the distillation term
+    divergence: str = "forward"  # l_t: forward KL(p||q) | reverse KL(q||p) | jsd
+    jsd_beta: float = 0.5  # JSD mixture weight beta (divergence: jsd); 0.5 is the symmetric JSD
+    proximal: str = "c2"  # proximal constraint: c2 (trust-region mask) | c1 (PSFT clip) | c3 (clipped teacher) | none
+    tau: float = math.log(1.28)  # C2: a token is masked once it moved more than tau (log-prob) toward the teacher
+    c1_eps: float = 0.28  # C1: ratio cap 1 + c1_eps of the soft-target clip
+    c3_clip: float = math.log(2.0)  # C3: clip c of the teacher/old log-ratio
+    luffy_gamma: float = 0.1  # LUFFY: off-policy shaping f(p) = p / (p + gamma)
+    # token normaliser N of every term: rl = tokens of the RL terms (autonomous rollouts, LUFFY's
+    # traces), so the RL gradient is GRPO's whatever is distilled; all = every loss token (RL +
+    # distilled guided). Updates without RL tokens (sft) use all tokens either way.
+    normalizer: str = "rl"
