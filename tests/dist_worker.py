@@ -37,7 +37,7 @@ def main(model_dir: str, out: str) -> None:
     lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
     module = acc.prepare(PolicyLoss(lm, LossSettings(), temperature=1.0, chunk_size=5))
     seqs = fixed_batch(lm.config.vocab_size)[acc.process_index::acc.num_processes]
-    loss, _ = accumulate_gradients(acc, module, seqs, micro_batch_size=2, pad_id=0)
+    loss, _ = accumulate_gradients(acc, module, seqs, micro_batch_size=2, pad_id=0, normalizer="all")
     if acc.is_main_process:
         grads = {n: p.grad.detach().clone() for n, p in acc.unwrap_model(module).named_parameters() if p.grad is not None}
         torch.save({"loss": loss, "grads": grads, "world": acc.num_processes}, out)

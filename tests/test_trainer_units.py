@@ -105,3 +105,15 @@ def test_collate_positions_predict_completion_tokens():
     assert mb.index["rl"].tolist() == [0, 1] and mb.index["distill"].tolist() == [2, 3, 4]
     assert mb.advantage["rl"].tolist() == [0.5, 0.5] and mb.weight["distill"].tolist() == [0.25] * 3
     assert mb.old_logp["rl"] is None and mb.support_ids.shape == (3, k)
+
+
+def test_normalizer_counts_rl_tokens_or_all():
+    from sgpo.trainer.batch import normalizer_tokens
+
+    seqs = [TrainSequence([1], [2, 3, 4], "rl"), TrainSequence([1], [5, 6], "offpolicy"),
+            TrainSequence([1], [7] * 5, "distill"), TrainSequence([1], [8] * 7, "nll")]
+    assert normalizer_tokens(seqs, "rl") == (3 + 2, 17)
+    assert normalizer_tokens(seqs, "all") == (17, 17)
+    assert normalizer_tokens(seqs[2:], "rl") == (0, 12)  # no RL tokens: the caller falls back to all
+    with pytest.raises(ValueError, match="normalizer"):
+        normalizer_tokens(seqs, "tokens")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 ROLES = ("rl", "offpolicy", "nll", "distill")
+RL_ROLES = ("rl", "offpolicy")  # the policy-gradient terms (GRPO's token mean runs over these)
 
 
 @dataclass
@@ -96,3 +97,14 @@ def collate(seqs: list[TrainSequence], pad_id: int, device: torch.device) -> Mic
 
 def split_micro_batches(seqs: list[TrainSequence], micro_batch_size: int) -> list[list[TrainSequence]]:
     return [seqs[i:i + micro_batch_size] for i in range(0, len(seqs), micro_batch_size)]
+
+
+def normalizer_tokens(seqs: list[TrainSequence], normalizer: str) -> tuple[int, int]:
+    """This process's (tokens counted by ``normalizer``, all loss tokens) of an update:
+    ``rl`` counts the RL terms' tokens, ``all`` every loss token (see ``loss.normalizer``)."""
+    total = sum(s.num_tokens for s in seqs)
+    if normalizer == "all":
+        return total, total
+    if normalizer != "rl":
+        raise ValueError(f"unknown normalizer {normalizer!r}; expected 'rl' or 'all'")
+    return sum(s.num_tokens for s in seqs if s.role in RL_ROLES), total

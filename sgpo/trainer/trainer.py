@@ -159,7 +159,8 @@ class Trainer:
             for k in range(a.mini_batches):
                 part = seqs[k::a.mini_batches]
                 loss, m = accumulate_gradients(self.accelerator, self.module, part,
-                                               micro_batch_size=self.cfg.system.micro_batch_size, pad_id=self.pad_id)
+                                               micro_batch_size=self.cfg.system.micro_batch_size, pad_id=self.pad_id,
+                                               normalizer=self.cfg.loss.normalizer)
                 norm, finite = clip_and_check(self.accelerator, self.module, t.max_grad_norm, loss)
                 if finite:
                     self.optimizer.step()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sgpo.trainer.batch import TrainSequence, collate, split_micro_batches
+from sgpo.trainer.batch import TrainSequence, collate, normalizer_tokens, split_micro_batches
 
 
 def global_sum(accelerator: Any, value: float) -> float:
@@ -32,10 +32,13 @@ def _dummy(pad_id: int) -> list[TrainSequence]:
 
 
 def accumulate_gradients(accelerator: Any, module: Any, seqs: list[TrainSequence], *, micro_batch_size: int,
-                         pad_id: int) -> tuple[float, list[dict[str, torch.Tensor]]]:
+                         pad_id: int, normalizer: str) -> tuple[float, list[dict[str, torch.Tensor]]]:
     """Forward/backward every micro-batch; returns the global loss of the update and the
-    per-micro-batch metrics. Gradients are left in ``.grad`` (already averaged over processes)."""
-    n_tok = global_sum(accelerator, sum(s.num_tokens for s in seqs))
+    per-micro-batch metrics. Gradients are left in ``.grad`` (already averaged over processes).
+    Every term is divided by N, the global count of the tokens ``normalizer`` counts (all loss
+    tokens when that is 0, e.g. sft has no RL tokens)."""
+    counted, total = normalizer_tokens(seqs, normalizer)
+    n_tok = global_sum(accelerator, counted) or global_sum(accelerator, total)
     micro = split_micro_batches(seqs, micro_batch_size)
     n_micro = global_max(accelerator, len(micro))
     world = accelerator.num_processes  # DDP averages gradients; scale so the sum survives
