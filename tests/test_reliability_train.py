@@ -132,7 +132,7 @@ def test_resume_with_another_method_or_math_setting_is_refused(tmp_path, tiny_mo
         _train(tmp_path, tiny_model_dir, "training.max_steps=2", "training.learning_rate=1e-4")
     assert _steps(tmp_path) == [1]
     # a system knob and a longer run are the same run: it resumes
-    res = _train(tmp_path, tiny_model_dir, "training.max_steps=2", "training.micro_batch_size=2")
+    res = _train(tmp_path, tiny_model_dir, "training.max_steps=2", "system.micro_batch_size=2")
     assert [h["step"] for h in res.history] == [1, 2]
 
 

@@ -29,9 +29,8 @@ FINAL_DIR = "final"
 # Settings that do not decide what the run computes: run bookkeeping, the length of the run
 # (extending max_steps continues the same run) and system knobs (speed and memory only).
 NOT_IDENTITY = frozenset({
-    "run", "model.gradient_checkpointing", "data.min_strategy_coverage", "training.max_steps", "training.micro_batch_size",
-    "training.generation_backend", "training.generation_batch_size", "training.vllm_gpu_memory_utilization",
-    "training.vllm_host", "training.vllm_port", "training.distill_chunk_size", "training.max_nonfinite_in_a_row",
+    "run", "system", "model.gradient_checkpointing", "data.min_strategy_coverage", "training.max_steps",
+    "training.max_nonfinite_in_a_row",
 })
 
 
