@@ -1,8 +1,22 @@
-"""Two CPU processes under `accelerate launch` give the same loss and gradients as one
-process on the same global batch (the token normaliser is global and DDP averaging is
-undone), for a batch mixing every loss role."""
+"""Several processes compute what one process computes.
 
+- Two CPU processes under `accelerate launch` give the same loss and gradients as one process
+  on the same global batch (the token normaliser is global and DDP averaging is undone), for
+  a batch mixing every loss role (tests/dist_worker.py drives one accumulation).
+- The command users launch, `accelerate launch --multi_gpu --num_processes 2 -m sgpo.cli
+  train`, on CPU with gloo: the same learning-rate schedule, the same number of optimiser
+  steps and the same parameters after three steps as `python -m sgpo.cli train` in one
+  process, whatever the micro-batch size; and it exits cleanly.
+- The gradient-accumulation contract with accelerate (what DeepSpeed and FSDP rely on and
+  DDP on CPU cannot show): ``sync_gradients`` is False on every micro-batch but the last.
+
+The runs use ``sft`` (no sampling, so nothing random differs between the runs) in float64, so
+the only differences are the order of floating-point sums over micro-batches and processes.
+"""
+
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,24 +25,126 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("dist_worker.py")
+REPO = WORKER.parents[1]
 
 
-def _run(cmd: list[str], env: dict) -> None:
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
+
+
+def _launch(n: int, *args: str) -> list[str]:
+    """`accelerate launch` on CPU with gloo, as a user types it (two processes) or plain python (one)."""
+    if n == 1:
+        return [sys.executable, "-m", *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), "-m", *args]
 
 
 @pytest.mark.slow
 def test_two_processes_match_one(tiny_model_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[1])}
-    _run([sys.executable, str(WORKER), str(tiny_model_dir), str(tmp_path / "one.pt")], env)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "29517", str(WORKER), str(tiny_model_dir), str(tmp_path / "two.pt")]
-    _run(launch, {**env, "ACCELERATE_USE_CPU": "true"})
+    _run(_launch(1, "tests.dist_worker", str(tiny_model_dir), str(tmp_path / "one.pt")), _env())
+    _run(_launch(2, "tests.dist_worker", str(tiny_model_dir), str(tmp_path / "two.pt")), _env())
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["world"] == 1 and two["world"] == 2
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-10)
     assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 0
     for name, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def _sft_data(path: Path) -> Path:
+    rows = [{"id": f"p{i}", "problem": f"What is {a} + {b}?", "answer": str(a + b),
+             "teacher_response": f"{a} + {b} = {a + b}" + " so the answer is" * (i % 3) + f" \\boxed{{{a + b}}}."}
+            for i, (a, b) in enumerate([(2, 3), (4, 4), (1, 6), (5, 2), (3, 3), (2, 6), (4, 1), (7, 2)])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _train_args(model: Path, data: Path, out: Path, micro_batch_size: int) -> list[str]:
+    sets = ["algorithm.method=sft", f"data.path={data}", f"model.name_or_path={model}", "model.dtype=float64",
+            "training.max_steps=3", "training.prompts_per_step=4", "training.learning_rate=1e-3",
+            "training.warmup_steps=2", f"system.micro_batch_size={micro_batch_size}", "training.max_grad_norm=1.0",
+            "run.save_steps=0", "run.progress=false", "run.save_total_limit=1"]
+    return ["sgpo.cli", "train", "--output-dir", str(out), "--no-resume", *[a for s in sets for a in ("--set", s)]]
+
+
+def _outcome(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    optim = [torch.load(p, weights_only=False) for p in sorted(out.glob("checkpoint-*/optimizer*.bin"))]
+    assert len(optim) == 1, list(out.glob("checkpoint-*/*"))
+    adam_steps = {float(s["step"]) for s in optim[0]["state"].values()}
+    return {"lr": [x["lr"] for x in lines], "loss": [x["loss"] for x in lines], "adam_steps": adam_steps,
+            "params": load_file(out / "final" / "model.safetensors")}
+
+
+@pytest.mark.slow
+def test_cli_train_two_processes_match_one(tiny_model_dir, tmp_path):
+    """1 process with one micro-batch per update, 1 process with micro-batches of one
+    sequence, 2 processes with micro-batches of one: identical runs."""
+    from safetensors.torch import load_file
+
+    data = _sft_data(tmp_path / "sft.jsonl")
+    runs = {"one": (1, 4), "one_micro": (1, 1), "two_micro": (2, 1)}
+    for name, (procs, mbs) in runs.items():
+        res = _run(_launch(procs, *_train_args(tiny_model_dir, data, tmp_path / name, mbs)), _env())
+        assert "3 steps logged" in res.stdout, res.stdout[-2000:]
+    got = {name: _outcome(tmp_path / name) for name in runs}
+    initial = load_file(tiny_model_dir / "model.safetensors")
+    ref = got["one"]
+    # constant_with_warmup, warmup 2, lr 1e-3: the rate of step s (s = 0, 1, 2) is 1e-3 * min(1, s / 2)
+    assert ref["lr"] == pytest.approx([0.0, 5e-4, 1e-3], abs=1e-15)
+    assert ref["adam_steps"] == {3.0}  # one optimiser step per training step
+    assert any(not torch.equal(ref["params"][k], initial[k]) for k in initial)  # training moved the weights
+    for name in ("one_micro", "two_micro"):
+        other = got[name]
+        assert other["lr"] == ref["lr"], name
+        assert other["adam_steps"] == ref["adam_steps"], name
+        assert other["loss"] == pytest.approx(ref["loss"], rel=1e-6), name  # logged through float32 tensors
+        # float64: micro-batch and process sums only reorder additions (~1e-16 relative each;
+        # measured differences after three steps: 1.4e-17). A wrong schedule or an extra Adam
+        # step moves weights by ~lr = 1e-4..1e-3, so 1e-12 separates the two by eight decades.
+        for k, v in ref["params"].items():
+            torch.testing.assert_close(other["params"][k], v, rtol=0, atol=1e-12, msg=f"{name}: {k}")
+
+
+def test_accumulation_sets_sync_gradients_on_the_last_micro_batch_only(tiny_model_dir):
+    """accelerate's contract, which DeepSpeed reads as its accumulation boundary (the engine
+    steps the optimiser in ``accelerator.backward`` whenever ``sync_gradients`` is True):
+    with three micro-batches, the boundary comes once, at the third backward."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from tests.dist_worker import fixed_batch
+    from sgpo.trainer.loss import LossSettings, PolicyLoss
+    from sgpo.trainer.update import accumulate_gradients
+
+    acc = Accelerator(cpu=True)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    module = acc.prepare(PolicyLoss(lm, LossSettings(), temperature=1.0, chunk_size=5))
+    seen = []
+    backward = acc.backward
+
+    def recording_backward(loss, **kwargs):
+        seen.append(acc.sync_gradients)
+        backward(loss, **kwargs)
+
+    acc.backward = recording_backward
+    accumulate_gradients(acc, module, fixed_batch(lm.config.vocab_size)[:6], micro_batch_size=2, pad_id=0,
+                         normalizer="all")
+    assert seen == [False, False, True]
+    assert acc.sync_gradients  # restored for code outside the update

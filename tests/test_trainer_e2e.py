@@ -62,7 +62,7 @@ def test_method_learns(tmp_path, method, smollm2_dir, tiny_model_dir):
     model = _model_for(method, smollm2_dir, tiny_model_dir)
     initial = _state(model)
     res = train(_cfg(tmp_path, method, model), problems=_problems())
-    assert len(res.history) == 2 and res.skipped_steps == 0
+    assert len(res.history) == 2 and res.skipped_updates == 0
     for rec in res.history:
         assert torch.isfinite(torch.tensor(rec["loss"])), rec
     unchanged = [n for n, p in res.model.state_dict().items() if torch.equal(p, initial[n])]
@@ -127,7 +127,7 @@ def test_method_learns_on_gpu_in_bf16(tmp_path, method, tiny_model_dir):
                 problems=_problems())
     assert next(res.model.parameters()).device.type == "cuda"
     assert next(res.model.parameters()).dtype == torch.bfloat16
-    assert len(res.history) == 2 and res.skipped_steps == 0
+    assert len(res.history) == 2 and res.skipped_updates == 0
     for rec in res.history:
         assert torch.isfinite(torch.tensor(rec["loss"])), rec
     initial = _state(tiny_model_dir)

@@ -56,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
     except DataError as e:
         print(f"sgpo train: data error: {e}", file=sys.stderr)
         return 2
-    print(f"done: {len(result.history)} steps logged, {result.skipped_steps} skipped; outputs in {result.output_dir}")
+    print(f"done: {len(result.history)} steps logged, {result.skipped_updates} optimiser updates skipped; outputs in {result.output_dir}")
     return 0

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-# loss terms are already divided by the global token count: they add up over micro-batches
+# loss terms are already divided by their update's global token count: they add up over the
+# micro-batches and processes of one update; a step with several updates logs their mean
 _SUMMED = ("loss", "loss/rl", "loss/offpolicy", "loss/nll", "loss/distill")
 
 
@@ -30,8 +31,11 @@ def top_share(values: torch.Tensor, frac: float = 0.1) -> float:
 
 class StepMetrics:
     @staticmethod
-    def build(acc: Any, step: int, batch: Any, micro: list[dict[str, torch.Tensor]], **scalars: float) -> dict[str, float]:
-        rec: dict[str, float] = {"step": step}
+    def build(acc: Any, step: int, batch: Any, micro: list[dict[str, torch.Tensor]], updates: int = 1,
+              **scalars: float) -> dict[str, float]:
+        """``micro``: the loss metrics of every micro-batch of the step's ``updates`` optimiser
+        updates on this process."""
+        rec: dict[str, float] = {"step": step, "updates": float(updates)}
         for key, t in sorted(batch.stats.items()):
             v = _gather(acc, t.flatten())
             v = v[~v.isnan()]
@@ -46,19 +50,19 @@ class StepMetrics:
                 rec["weight/mean_with_strategy"] = float(v.mean()) if v.numel() else float("nan")
             else:
                 rec[f"{key}_mean"] = float(v.mean()) if v.numel() else float("nan")
-        rec.update(_loss_metrics(acc, micro))
+        rec.update(_loss_metrics(acc, micro, updates))
         rec.update({k: float(v) for k, v in scalars.items()})
         return rec
 
 
-def _loss_metrics(acc: Any, micro: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def _loss_metrics(acc: Any, micro: list[dict[str, torch.Tensor]], updates: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in _SUMMED:
         local = sum(float(m[key]) for m in micro if key in m)
         present = any(key in m for m in micro)
         if key != "loss" and not _any_process(acc, present):
             continue
-        out[key] = float(_gather(acc, torch.tensor([local])).sum())
+        out[key] = float(_gather(acc, torch.tensor([local])).sum()) / updates
     kl = [m["distill/kl_per_token"].float() for m in micro if "distill/kl_per_token" in m]
     kl_all = _gather(acc, torch.cat(kl) if kl else torch.zeros(0))
     if kl_all.numel():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import PolicyLoss
 from sgpo.trainer.methods import StepInputs, collect, method_uses_guidance
 from sgpo.trainer.metrics import StepMetrics
-from sgpo.trainer.update import accumulate_gradients, clip_and_check
+from sgpo.trainer.update import is_deepspeed, optimizer_update
 
 
 
@@ -29,7 +30,7 @@ class TrainResult:
     model: Any  # the trained causal LM (unwrapped)
     tokenizer: Any
     history: list[dict[str, float]] = field(default_factory=list)
-    skipped_steps: int = 0
+    skipped_updates: int = 0  # optimiser updates skipped (non-finite loss or gradient norm)
 
 
 def load_training_problems(cfg: TrainConfig) -> ProblemSet:
@@ -62,7 +63,10 @@ class Trainer:
 
         self.cfg = cfg.validate()
         self.out = Path(cfg.run.output_dir)
-        self.accelerator = Accelerator(log_with=cfg.run.report_to or None, project_dir=str(self.out))
+        # the scheduler is stepped once per training step by this loop: accelerate must not
+        # multiply that by the process count (its default for a prepared scheduler)
+        self.accelerator = Accelerator(log_with=cfg.run.report_to or None, project_dir=str(self.out),
+                                       step_scheduler_with_optimizer=False)
         self.run_folder = RunFolder(self.out, cfg.run.save_total_limit)
         self.run_folder.prepare(cfg.to_dict(), resume=cfg.run.resume, overwrite=cfg.run.overwrite,
                                 is_main_process=self.accelerator.is_main_process)
@@ -70,18 +74,20 @@ class Trainer:
         set_seed(cfg.training.seed)
         self.problems = problems if problems is not None else load_training_problems(cfg)
         self.tokenizer, lm = self._load_model(model, tokenizer)
+        # an in-memory model (single process, not partitioned) is copied; otherwise the path is reloaded
+        initial = copy.deepcopy(lm) if model is not None and cfg.algorithm.teacher == "initial" else None
         self.pad_id = self.tokenizer.pad_token_id
         t = cfg.training
         optimizer = torch.optim.AdamW(lm.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         from transformers import get_scheduler
 
         scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
+        if is_deepspeed(self.accelerator):  # the engine clips at its step: give it the run's norm
+            self.accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = t.max_grad_norm
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(
             PolicyLoss(lm, cfg.loss, temperature=cfg.algorithm.temperature, chunk_size=cfg.system.chunk_size),
             optimizer, scheduler)
-        self.teacher = None
-        if cfg.algorithm.teacher == "initial":
-            self.teacher = copy.deepcopy(lm).eval().requires_grad_(False)
+        self.teacher = self._frozen_initial_policy(initial) if cfg.algorithm.teacher == "initial" else None
         self.generator = None
         self.step, self.competence, self.skipped, self.nonfinite_run = 0, {}, 0, 0
         self.history: list[dict[str, float]] = []
@@ -102,6 +108,19 @@ class Trainer:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             lm.config.use_cache = False
         return tokenizer, lm
+
+    def _frozen_initial_policy(self, teacher: Any = None) -> Any:
+        """``teacher: initial``: a second copy loaded from the model path (never a deepcopy of
+        the prepared policy, which ZeRO-3 has partitioned), prepared for inference the way TRL
+        prepares reference models: sharded like the policy under ZeRO-3/FSDP, on each device otherwise."""
+        from sgpo.compat import disable_dropout_in_model, prepare_reference_model
+        from sgpo.models import load_model
+
+        if teacher is None:
+            teacher = load_model(self.cfg.model.name_or_path, dtype=self.cfg.model.dtype)
+        disable_dropout_in_model(teacher)
+        teacher.requires_grad_(False)
+        return prepare_reference_model(teacher, self.accelerator)
 
     # -- checkpoints (the folder's rules live in sgpo.trainer.checkpoint) -------------------------
     def save_checkpoint(self) -> None:
@@ -142,36 +161,31 @@ class Trainer:
         local = step_problems(self.problems.problems, self.step, t.prompts_per_step, t.seed,
                               acc.process_index, acc.num_processes)
         ckpt_kwargs = {"use_reentrant": False}
-        with unwrap_model_for_generation(self.module, acc, gradient_checkpointing_kwargs=ckpt_kwargs) as unwrapped:
+        teacher_ctx = unwrap_model_for_generation(self.teacher, acc) if self.teacher is not None else nullcontext()
+        with unwrap_model_for_generation(self.module, acc, gradient_checkpointing_kwargs=ckpt_kwargs) as unwrapped, \
+                teacher_ctx as teacher:
             lm = unwrapped.lm
             style = self.cfg.data.style()
-            inputs = StepInputs(self.tokenizer, self._generator(lm), lm, self.teacher or lm, self.cfg.algorithm,
+            inputs = StepInputs(self.tokenizer, self._generator(lm), lm, teacher or lm, self.cfg.algorithm,
                                 self.cfg.loss, self.pad_id, system.micro_batch_size, system.chunk_size,
                                 self.competence, style)
             seed = t.seed * 1_000_003 + self.step * 7919 + acc.process_index
             return collect(inputs, local, seed=seed)
 
-    def update(self, seqs: list) -> tuple[list[dict], float, float, int]:
-        """PPO epochs x mini-batches optimiser updates on this step's sequences."""
+    def update(self, seqs: list) -> tuple[list[dict], list[Any]]:
+        """PPO epochs x mini-batches optimiser updates on this step's sequences, then one
+        scheduler step: the learning rate is a function of the training step."""
         a, t = self.cfg.algorithm, self.cfg.training
-        metrics, losses, norms, skipped = [], [], [], 0
+        metrics, updates = [], []
         for _ in range(a.ppo_epochs):
             for k in range(a.mini_batches):
-                part = seqs[k::a.mini_batches]
-                loss, m = accumulate_gradients(self.accelerator, self.module, part,
-                                               micro_batch_size=self.cfg.system.micro_batch_size, pad_id=self.pad_id,
-                                               normalizer=self.cfg.loss.normalizer)
-                norm, finite = clip_and_check(self.accelerator, self.module, t.max_grad_norm, loss)
-                if finite:
-                    self.optimizer.step()
-                else:
-                    skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
+                result, m = optimizer_update(self.accelerator, self.module, self.optimizer, seqs[k::a.mini_batches],
+                                             micro_batch_size=self.cfg.system.micro_batch_size, pad_id=self.pad_id,
+                                             normalizer=self.cfg.loss.normalizer, max_grad_norm=t.max_grad_norm)
                 metrics += m
-                losses.append(loss)
-                norms.append(norm)
+                updates.append(result)
         self.scheduler.step()
-        return metrics, sum(losses) / len(losses), max(norms), skipped
+        return metrics, updates
 
     def train(self) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
@@ -190,7 +204,6 @@ class Trainer:
         bar.close()
         if cfg.run.save_steps == 0 or self.step % max(cfg.run.save_steps, 1):
             self.save_checkpoint()
-        acc.end_training()
         return self._finish()
 
     def train_step(self, bar: Any) -> None:
@@ -198,14 +211,16 @@ class Trainer:
         t0 = time.perf_counter()
         batch = self.rollout()
         t1 = time.perf_counter()
-        metrics, loss, norm, skipped = self.update(batch.sequences)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step's updates used
+        metrics, updates = self.update(batch.sequences)
         t2 = time.perf_counter()
         self.step += 1
+        skipped = sum(not u.stepped for u in updates)
         self.skipped += skipped
         self.nonfinite_run = self.nonfinite_run + 1 if skipped else 0
-        record = StepMetrics.build(acc, self.step, batch, metrics, loss=loss, grad_norm=norm,
-                                   lr=self.scheduler.get_last_lr()[0], skipped=self.skipped,
-                                   time_rollout=t1 - t0, time_update=t2 - t1)
+        loss, norm = sum(u.loss for u in updates) / len(updates), max(u.grad_norm for u in updates)
+        record = StepMetrics.build(acc, self.step, batch, metrics, updates=len(updates), grad_norm=norm, lr=lr,
+                                   skipped=self.skipped, time_rollout=t1 - t0, time_update=t2 - t1)
         self.history.append(record)
         if acc.is_main_process and self.step % cfg.run.logging_steps == 0:
             self.run_folder.log_metrics(record)
@@ -228,6 +243,7 @@ class Trainer:
                 lm.save_pretrained(final, state_dict={k[len("lm."):]: v for k, v in state.items()})
                 self.tokenizer.save_pretrained(final)
         acc.wait_for_everyone()
+        acc.end_training()  # last: it destroys the process group the collectives above need
         return TrainResult(self.out, lm, self.tokenizer, self.history, self.skipped)
 
 
