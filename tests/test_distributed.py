@@ -130,7 +130,8 @@ def test_accumulation_sets_sync_gradients_on_the_last_micro_batch_only(tiny_mode
     from transformers import AutoModelForCausalLM
 
     from tests.dist_worker import fixed_batch
-    from sgpo.trainer.loss import LossSettings, PolicyLoss
+    from sgpo.core import LossSettings
+    from sgpo.trainer.loss import PolicyLoss
     from sgpo.trainer.update import accumulate_gradients
 
     acc = Accelerator(cpu=True)
