@@ -232,7 +232,7 @@ def test_client_errors_fail_at_once(tmp_path):
         summary = _extract(_problems(["a"]), server.base_url, tmp_path / "o.jsonl", num_candidates=1)
         assert len(server.requests) == 1
     rec = read_jsonl_tolerant(tmp_path / "o.jsonl")[0]
-    assert rec["status"] == "failed" and rec["error"].startswith("HTTP 401: ") and "bad key" in rec["error"]
+    assert rec["status"] == "failed" and rec["error"] == "HTTP 401 Unauthorized"  # the body is never stored
     assert summary["statuses"]["failed"] == 1
 
 

@@ -109,9 +109,18 @@ def _make_client(args: argparse.Namespace) -> Any:
 def run_extract(args: argparse.Namespace) -> int:
     from sgpo.strategies.extract import ExtractConfig, load_inputs, run_extraction
 
+    from sgpo.errors import UserError
+    from sgpo.io import same_file
+
     if args.backend == "openai" and not args.base_url:
         print("sgpo extract: --base-url is required with --backend openai", file=sys.stderr)
         return 2
+    if same_file(args.input, args.output):
+        raise UserError(f"--output {args.output} is the input file; records would be appended to your data. "
+                        "Choose another --output")
+    if args.backend == "openai" and not os.environ.get(args.api_key_env):
+        print(f"sgpo extract: warning: ${args.api_key_env} (--api-key-env) is not set; sending requests without "
+              "an API key", file=sys.stderr)
     for name in ("concurrency", "num_candidates"):
         if getattr(args, name) < 1:
             print(f"sgpo extract: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
@@ -130,7 +139,15 @@ def run_extract(args: argparse.Namespace) -> int:
             await client.aclose()
 
     summary = asyncio.run(main())
-    return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        return 130
+    run = summary["this_run"]
+    if run["processed"] and run["statuses"]["failed"] == run["processed"]:  # `extract && train` must stop here
+        errors = "; ".join(f"{e} ({n}x)" for e, n in run["errors"].items())
+        print(f"sgpo extract: no request succeeded: {run['processed']} problems failed ({errors}); nothing was "
+              "extracted", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -140,8 +157,13 @@ def run_score(args: argparse.Namespace) -> int:
     from sgpo.strategies.scoring import ScoreConfig, attach_problems, score_records
     from sgpo.strategies.store import latest_records
 
+    from sgpo.errors import UserError
+    from sgpo.io import same_file
+
     if not os.path.exists(args.input):
         raise DataError(args.input, "file not found")
+    if same_file(args.input, args.output):
+        raise UserError(f"--output {args.output} is the input file; choose another --output")
     records = list(latest_records(args.input).values())
     data = None
     if args.data:

@@ -7,8 +7,22 @@ scripted server, without knowing which it has.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
+
+# what an API key, a bearer token or a credential in a URL looks like
+_SECRET = re.compile(r"(?i)(\b(?:sk|pk|rk|hf|key|api|ghp|gho|xox[abp])[-_](?=[\w\-]*\d)[\w\-]{6,}"
+                     r"|bearer\s+\S+|(?:api[_-]?key|token|secret|password|authorization)[\"']?\s*[=:]\s*[\"']?(?:bearer\s+)?[^\s\"'&,;]+"
+                     r"|(?=[A-Za-z0-9+/_\-]*\d)[A-Za-z0-9+/_\-]{32,})")
+MAX_ERROR_CHARS = 200
+
+
+def scrub_error(text: str) -> str:
+    """An error message fit for a shared output file: anything that looks like a key or a
+    token is replaced by ``[redacted]`` and the text is cut to ``MAX_ERROR_CHARS``. Clients
+    keep server bodies out of their errors; this guards what other code raises."""
+    return _SECRET.sub("[redacted]", " ".join(text.split()))[:MAX_ERROR_CHARS]
 
 
 @dataclass

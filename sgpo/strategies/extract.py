@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sgpo.data import Problem, build_problems
-from sgpo.io import append_jsonl, read_records, repair_jsonl_tail, write_json_atomic
-from sgpo.strategies.client import TeacherClient, TeacherError, Usage
+from sgpo.io import append_jsonl, exclusive_lock, read_records, repair_jsonl_tail, write_json_atomic
+from sgpo.strategies.client import TeacherClient, TeacherError, Usage, scrub_error
 from sgpo.strategies.leaks import Equivalence, leak_reasons
 from sgpo.strategies.prompt import PROMPT_VERSION, extraction_messages, parse_strategy
 from sgpo.strategies.schema import Strategy, StrategyError
@@ -44,6 +44,7 @@ class RunStats:
 
     statuses: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)  # per candidate, by filter
+    errors: Counter[str] = field(default_factory=Counter)  # failed problems, by (scrubbed) error
     usage: Usage = field(default_factory=Usage)
     skipped: int = 0
     elapsed_s: float = 0.0
@@ -51,6 +52,8 @@ class RunStats:
 
     def add(self, rec: dict[str, Any]) -> None:
         self.statuses[rec["status"]] += 1
+        if rec.get("error"):
+            self.errors[rec["error"]] += 1
         for r in rec.get("rejected", []):
             self.rejections[r["reason"].split(":", 1)[0]] += 1
         self.usage.add(Usage(**rec["usage"]))
@@ -109,7 +112,7 @@ def build_record(p: Problem, config: ExtractConfig, usage: Usage, texts: list[st
         rec.update(strategy=accepted[0].to_dict(), strategy_text=accepted[0].render(),
                    candidates=[s.to_dict() for s in accepted])
     if error:
-        rec["error"] = error
+        rec["error"] = scrub_error(error)
     rec.update(rejected=rejected, problem=p.problem, answer=p.answer, teacher=config.teacher,
                prompt_version=PROMPT_VERSION, input_hash=input_hash(p.problem, p.answer, p.teacher_response or ""),
                usage={"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
@@ -135,11 +138,19 @@ async def run_extraction(problems: list[Problem], client: TeacherClient, output:
                          config: ExtractConfig, equivalent: Equivalence | None = None) -> dict[str, Any]:
     """Extract strategies for every unfinished problem, appending records to ``output``.
     Cancellation (Ctrl-C) stops cleanly: in-flight problems stay pending and the summary
-    says so. Returns the summary, also written to ``OUTPUT.summary.json`` and stderr."""
-    from tqdm.auto import tqdm
-
+    says so. Returns the summary, also written to ``OUTPUT.summary.json`` and stderr. The
+    output is locked for the run: a second run on it fails at once instead of sending every
+    request again."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(output, "another sgpo extract"):
+        return await _run_locked(problems, client, output, config, equivalent)
+
+
+async def _run_locked(problems: list[Problem], client: TeacherClient, output: Path, config: ExtractConfig,
+                      equivalent: Equivalence | None) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     repair_jsonl_tail(output)
     prior = latest_records(output)
     todo = [p for p in problems if prior.get(problem_key(p, config), {}).get("status") not in FINAL_STATUSES]
@@ -198,6 +209,7 @@ def summarize(problems: list[Problem], output: Path, config: ExtractConfig, stat
             "processed": sum(stats.statuses.values()), "skipped_finished": stats.skipped,
             "statuses": {s: stats.statuses.get(s, 0) for s in STATUSES},
             "rejected_candidates": dict(stats.rejections),
+            "errors": dict(stats.errors.most_common(3)),
             "requests": u.requests, "retries": u.retries,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "elapsed_s": round(stats.elapsed_s, 3),

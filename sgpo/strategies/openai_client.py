@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from typing import Any
 
 import httpx
@@ -39,6 +40,24 @@ def parse_chat_response(data: Any) -> tuple[list[str], int, int]:
         texts.append(message.get("content") or "")
     usage = data.get("usage") or {}
     return texts, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+_SAFE_CODE = re.compile(r"[a-z][a-z_]{0,39}")  # invalid_api_key, rate_limit_exceeded: no digits, no key
+
+
+def status_reason(resp: httpx.Response) -> str:
+    """What a failed reply may put into records, which people share: the status, its standard
+    reason phrase and the error's machine code (``invalid_api_key``) if the body has one of
+    the OpenAI form; never the body's text, which servers fill with the request, key included."""
+    text = f"HTTP {resp.status_code} {httpx.codes.get_reason_phrase(resp.status_code)}".rstrip()
+    try:
+        err = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return text
+    code = err.get("code") or err.get("type") if isinstance(err, dict) else None
+    if isinstance(code, str) and _SAFE_CODE.fullmatch(code):
+        text += f" ({code})"
+    return text
 
 
 class OpenAIChatClient:
@@ -90,7 +109,7 @@ class OpenAIChatClient:
                 try:
                     resp = await self._http.post("chat/completions", json=body)
                 except httpx.TransportError as e:  # timeouts, refused and dropped connections
-                    error = f"{type(e).__name__}: {e or 'connection error'}"
+                    error = type(e).__name__  # its text can hold the URL, and a URL can hold a key
                 else:
                     if resp.status_code == 200:
                         try:
@@ -102,12 +121,12 @@ class OpenAIChatClient:
                             usage.completion_tokens += c_tok
                             return texts
                     elif resp.status_code in _RETRY_STATUSES or resp.status_code >= 500:
-                        error = f"HTTP {resp.status_code}"
+                        error = status_reason(resp)
                         retry_after = parse_retry_after(resp.headers.get("retry-after"))
                     elif n > 1 and resp.status_code in (400, 422):
                         raise _NUnsupported()
-                    else:
-                        raise TeacherError(f"HTTP {resp.status_code}: {resp.text[:300]}", usage)
+                    else:  # the body can echo the request, API key included: status and reason only
+                        raise TeacherError(status_reason(resp), usage)
             if attempt == self.retry.max_retries:
                 raise TeacherError(f"gave up after {attempt + 1} attempts, last error: {error}", usage)
             usage.retries += 1
