@@ -3,8 +3,10 @@ with extracted strategies. A bad row stops the run with the file, row and field.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 from sgpo.io import DataError, read_records
 from sgpo.strategies.schema import StrategyError, strategy_text
@@ -35,6 +37,8 @@ def _text(rec: dict, field: str, source: str, row: int, required: bool) -> str |
         if required:
             raise DataError(source, "missing or empty", row=row, field=field)
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(source, f"{value} is not a usable value (a missing cell read as NaN?)", row=row, field=field)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
@@ -116,3 +120,28 @@ def check_strategy_coverage(problems: ProblemSet, min_coverage: float, strategie
         status = " with status ok" if strategies_path else ""
         raise DataError(where, f"{with_strategy} of {n} problems have a strategy{status}; a strategy-guided method "
                         f"needs at least {setting} of them (or train with --method grpo)")
+
+
+def check_prompt_lengths(items: Iterable[tuple[str, str, str | None]], style: Any, tokenizer: Any,
+                         context: int | None, source: str) -> None:
+    """Stop before the model loads on a prompt longer than the model's context (``context``
+    tokens; None: unknown, no check): such a prompt would run for minutes and then fail or
+    be cut. ``items`` are (problem id, problem text, strategy or None), rendered with
+    ``style`` (a :class:`sgpo.prompts.PromptStyle`). Cheap for long lists: the prompt's size
+    in bytes is the template's plus the inserted texts', and only prompts of at least
+    ``context`` bytes are rendered and tokenized (byte-level tokenizers give at most one
+    token per byte)."""
+    if not context:
+        return
+    plain = len(style.render(tokenizer, "").encode("utf-8"))
+    guided = len(style.render(tokenizer, "", "-").encode("utf-8"))
+    for pid, problem, strategy in items:
+        size = len(problem.encode("utf-8")) + (guided + len(strategy.encode("utf-8")) if strategy else plain)
+        if size < context:
+            continue
+        if size > 64 * context:  # no need to tokenize megabytes to know
+            raise DataError(source, f"problem '{pid}': the prompt is about {size} bytes, far beyond the model's "
+                            f"context of {context} tokens")
+        n = len(tokenizer(style.render(tokenizer, problem, strategy), add_special_tokens=False)["input_ids"])
+        if n >= context:
+            raise DataError(source, f"problem '{pid}': the prompt is {n} tokens, the model's context is {context}")

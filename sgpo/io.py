@@ -172,6 +172,22 @@ def exclusive_lock(path: str | os.PathLike, what: str = "another sgpo process") 
         os.close(fd)  # releases the lock
 
 
+def ensure_writable_dir(path: str | os.PathLike, setting: str) -> None:
+    """Create ``path`` if needed and prove a file can be written there, so a job fails at the
+    start, in one line naming ``setting``, not after hours (a file in the way, a read-only
+    mount, no permission)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{setting} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".sgpo-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{setting} {path}: cannot write there ({e.strerror or e})") from None
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True if two paths name one file (links and relative paths resolved)."""
     try:

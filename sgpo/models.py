@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 SMOLLM2 = "smollm2-135m-instruct"  # alias accepted wherever a model path is
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # accepted by load_model
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -59,10 +60,56 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_model_source(name_or_path: str, setting: str) -> None:
+    """Fail in one line naming ``setting`` when ``name_or_path`` cannot be a model, before
+    anything loads: a missing folder, a file, a folder without config.json, or (offline) a
+    Hub id that is not in the local cache."""
+    from sgpo.errors import UserError
+
+    if name_or_path.lower() in (SMOLLM2, "smollm2"):
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{setting} {name_or_path}: the folder has no config.json (not a transformers model)")
+        return
+    if path.exists():
+        raise UserError(f"{setting} {name_or_path}: is a file; expected a model folder or a Hugging Face id")
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"{setting} {name_or_path}: no such model folder")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            raise UserError(f"{setting} {name_or_path}: no such model folder, and not in the Hugging Face cache "
+                            "(HF_HUB_OFFLINE is set)")
+
+
+def context_length(name_or_path: str) -> int | None:
+    """The model's context (max_position_embeddings) from its config, without the weights;
+    None when the config does not say."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _loading(name_or_path: str, what: str, load: Any) -> Any:
+    """Run ``load``; an OSError (missing files, no network, a corrupt download) becomes a
+    one-line UserError naming the model."""
+    from sgpo.errors import UserError
+
+    try:
+        return load()
+    except OSError as e:
+        raise UserError(f"cannot load the {what} of {name_or_path}: {' '.join(str(e).split())[:300]}") from None
+
+
 def load_tokenizer(name_or_path: str) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    tok = _loading(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(resolve_model_path(name_or_path)))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -75,9 +122,14 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None
     torch_dtype: Any
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    else:
+    elif dtype in DTYPES:
         torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype, **kwargs)
+    else:
+        from sgpo.errors import UserError
+
+        raise UserError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    model = _loading(name_or_path, "model", lambda: AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(name_or_path), dtype=torch_dtype, **kwargs))
     if device:
         model.to(device)
     return model

@@ -73,9 +73,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from sgpo.evaluation.runner import RESULTS_JSON, EvalConfig, run_evaluation
     from sgpo.io import DataError
 
-    if args.num_samples is not None and args.num_samples < 1:
-        print("sgpo eval: --num-samples must be >= 1", file=sys.stderr)
-        return 2
     cfg = EvalConfig(model=args.model, benchmarks=_split_names(args.benchmarks), output_dir=args.output_dir,
                      num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                      max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,

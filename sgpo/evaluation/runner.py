@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from sgpo.evaluation.metrics import macro_average, per_problem_accuracy, summarize
 from sgpo.generation import Completion, Generator, SamplingConfig, make_generator
-from sgpo.io import DataError, append_jsonl, read_jsonl_tolerant, repair_jsonl_tail, write_json_atomic
+from sgpo.io import (DataError, append_jsonl, read_jsonl_tolerant, repair_jsonl_tail, write_json_atomic,
+                     write_text_atomic)
 from sgpo.prompts import PromptStyle
 from sgpo.rewards import score_detailed
 
@@ -57,6 +59,8 @@ def _validate(problems: Sequence[dict[str, Any]], name: str) -> list[dict[str, s
         for key in ("id", "problem", "answer"):
             if p.get(key) is None or not str(p[key]).strip():
                 raise DataError(name, "missing or empty", row=row, field=key)
+            if isinstance(p[key], float) and not math.isfinite(p[key]):
+                raise DataError(name, f"{p[key]} is not a usable value (a missing cell read as NaN?)", row=row, field=key)
         pid = str(p["id"])
         if pid in seen:
             raise DataError(name, f"duplicate id '{pid}'", row=row, field="id")
@@ -193,6 +197,31 @@ class EvalConfig:
     show_progress: bool = True
     train_config: str | None = None  # a run's config.json or YAML: evaluate with its prompt format
 
+    def validate(self) -> "EvalConfig":
+        """One-line UserErrors naming the option, before any data or model is read."""
+        from sgpo.errors import UserError
+        from sgpo.models import DTYPES
+
+        checks = [
+            ("--temperature", self.temperature, math.isfinite(self.temperature) and self.temperature >= 0,
+             ">= 0 (0 = greedy)"),
+            ("--top-p", self.top_p, math.isfinite(self.top_p) and 0 < self.top_p <= 1, "in (0, 1]"),
+            ("--max-new-tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
+            ("--num-samples", self.num_samples, self.num_samples is None or self.num_samples >= 1, ">= 1"),
+            ("--batch-size", self.batch_size, self.batch_size is None or self.batch_size >= 1, ">= 1"),
+            ("--limit", self.limit, self.limit >= 0, ">= 0 (0 = all problems)"),
+            ("grader_timeout_s", self.grader_timeout_s, math.isfinite(self.grader_timeout_s) and self.grader_timeout_s > 0,
+             "> 0"),
+            ("--dtype", self.dtype, self.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
+            ("--backend", self.backend, self.backend in ("hf", "vllm"), "hf or vllm"),
+        ]
+        for option, value, ok, rule in checks:
+            if not ok:
+                raise UserError(f"{option} {value}: must be {rule}")
+        if not self.benchmarks:
+            raise UserError("--benchmarks: no benchmark given")
+        return self
+
 
 def prompt_style(train_config: str | None) -> PromptStyle:
     """The prompt format recorded in a training config (its ``data`` section), or the spec's
@@ -204,7 +233,10 @@ def prompt_style(train_config: str | None) -> PromptStyle:
     path = Path(train_config)
     if not path.is_file():
         raise DataError(str(path), "training config not found")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DataError(str(path), f"not a readable YAML/JSON config ({' '.join(str(e).split())[:200]})") from None
     data = raw.get("data", {}) if isinstance(raw, dict) else None
     if not isinstance(data, dict):
         raise DataError(str(path), "expected a mapping with a 'data' section", field="data")
@@ -214,10 +246,16 @@ def prompt_style(train_config: str | None) -> PromptStyle:
         raise DataError(str(path), str(e), field="data.fewshot") from None
 
 
-def _load_generator(cfg: EvalConfig, batch_size: int) -> tuple[Any, Any, Generator]:
-    from sgpo.models import load_model, load_tokenizer, resolve_model_path
+def _load_generator(cfg: EvalConfig, batch_size: int, benches: Sequence[Any],
+                    style: PromptStyle) -> tuple[Any, Any, Generator]:
+    from sgpo.data import check_prompt_lengths
+    from sgpo.models import context_length, load_model, load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(cfg.model)
+    context = context_length(cfg.model)
+    for bench in benches:  # before the weights load
+        check_prompt_lengths(((str(p["id"]), str(p["problem"]), p.get("strategy")) for p in bench.problems), style,
+                             tokenizer, context, bench.name)
     if cfg.backend == "hf":
         model = load_model(cfg.model, dtype=cfg.dtype)
         return model, tokenizer, make_generator("hf", model, tokenizer, batch_size=batch_size)
@@ -230,18 +268,24 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     benchmark, so partial results are visible), results.md and records/."""
     from sgpo.evaluation.benchmarks import load_benchmark
     from sgpo.evaluation.report import results_markdown
+    from sgpo.io import ensure_writable_dir
+    from sgpo.models import check_model_source
 
+    cfg.validate()
     benches = [load_benchmark(b, data_dir_path=cfg.data_dir, problem_field=cfg.problem_field,
                               answer_field=cfg.answer_field, id_field=cfg.id_field, limit=cfg.limit)
                for b in cfg.benchmarks]  # all data checked before the model loads
     names = [b.name for b in benches]
     if len(set(names)) != len(names):
         raise DataError(", ".join(cfg.benchmarks), f"two benchmarks share a name ({names})")
+    for bench in benches:
+        _validate(bench.problems, bench.name)
     style = prompt_style(cfg.train_config)
-    batch_size = cfg.batch_size or (32 if cfg.backend == "hf" else 1024)
-    model, tokenizer, generator = _load_generator(cfg, batch_size)
+    check_model_source(cfg.model, "--model")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out, "--output-dir")
+    batch_size = cfg.batch_size or (32 if cfg.backend == "hf" else 1024)
+    model, tokenizer, generator = _load_generator(cfg, batch_size, benches, style)
     sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
     results: dict[str, Any] = {"benchmarks": {}, "macro": {}, "config": {**asdict(cfg), "benchmark_sources": {},
                                                                          "k": {}}}
@@ -257,6 +301,6 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         accuracies[bench.name] = per_problem_accuracy([r["scores"] for r in records])
         results["macro"] = macro_average(results["benchmarks"], accuracies)
         write_json_atomic(out / RESULTS_JSON, results)
-    (out / RESULTS_MD).write_text(results_markdown(results), encoding="utf-8")
+    write_text_atomic(out / RESULTS_MD, results_markdown(results))
     return results
 

@@ -12,14 +12,18 @@ checkpoint's step, so a rerun never logs a step twice.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from sgpo.errors import UserError
-from sgpo.io import append_jsonl, read_jsonl_tolerant, write_json_atomic, write_text_atomic
+from sgpo.io import (WriteError, append_jsonl, ensure_writable_dir, read_jsonl_tolerant, write_json_atomic,
+                     write_text_atomic)
 
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
@@ -64,6 +68,20 @@ def _differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> st
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def _io_cause(e: Exception) -> OSError | None:
+    """The I/O failure behind an exception of a serialiser (torch.save raises RuntimeError,
+    safetensors its own error type, on a full disk), or None for anything else."""
+    if isinstance(e, OSError):
+        return e
+    text = str(e)
+    m = re.search(r"os error (\d+)", text)
+    if m:
+        return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
+    if "write failed" in text or "I/O error" in text:
+        return OSError(errno.EIO, "write failed (disk full?)")
+    return None
+
+
 class RunFolder:
     """``output_dir`` of one run: config.json (the run's settings), ``checkpoint-STEP/``
     (accelerate state plus trainer_state.json, written last), metrics.jsonl (one record per
@@ -89,6 +107,8 @@ class RunFolder:
         ``wait_for_everyone`` after this)."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"run.output_dir {self.path} is a file, not a folder")
+        if is_main_process:
+            ensure_writable_dir(self.path, "run.output_dir")
         held = self.holds_a_run()
         if not held:
             return
@@ -143,7 +163,14 @@ class RunFolder:
         if accelerator.is_main_process and path.exists():  # a torn one from a killed run; resume skipped it
             shutil.rmtree(path)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
+        try:
+            accelerator.save_state(str(path))
+        except Exception as e:
+            cause = _io_cause(e)
+            if cause is None:
+                raise
+            shutil.rmtree(path, ignore_errors=True)  # incomplete; give the space back
+            raise WriteError(path, cause) from None
         if accelerator.is_main_process:
             state = {**state, "method": config.get("algorithm", {}).get("method"),
                      "identity_hash": identity_hash(run_identity(config))}

@@ -19,6 +19,7 @@ import yaml
 
 from sgpo.core import ADVANTAGE_SCALES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, WEIGHT_MODES, LossSettings
 from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
+from sgpo.trainer.checks import check_values
 
 METHODS = ("sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl")
 
@@ -129,6 +130,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         a, t, s, loss = self.algorithm, self.training, self.system, self.loss
+        check_values(self)  # types, finite numbers, ranges
         _choice("algorithm.method", a.method, METHODS)
         _choice("algorithm.adv_scale", a.adv_scale, ADVANTAGE_SCALES)
         _choice("algorithm.luffy_adv_scale", a.luffy_adv_scale, ADVANTAGE_SCALES)
@@ -231,7 +233,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any] | None = None, s
 def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> TrainConfig:
     cfg = TrainConfig()
     if path:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = _read_yaml(Path(path))
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping of sections")
         try:
@@ -239,6 +241,21 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None) -
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     return apply_overrides(cfg, sets=sets)
+
+
+def _read_yaml(path: Path) -> Any:
+    """A config file's YAML; a missing file, a folder, bad bytes or bad syntax is one line
+    naming the file (and the line)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from sgpo.data import Problem, ProblemSet, load_problems
+from sgpo.data import Problem, ProblemSet, check_prompt_lengths, load_problems
+from sgpo.models import check_model_source
 from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import PolicyLoss
@@ -71,6 +72,8 @@ class Trainer:
         self.run_folder.prepare(cfg.to_dict(), resume=cfg.run.resume, overwrite=cfg.run.overwrite,
                                 is_main_process=self.accelerator.is_main_process)
         self.accelerator.wait_for_everyone()
+        if model is None:
+            check_model_source(cfg.model.name_or_path, "model.name_or_path")
         set_seed(cfg.training.seed)
         self.problems = problems if problems is not None else load_training_problems(cfg)
         self.tokenizer, lm = self._load_model(model, tokenizer)
@@ -96,12 +99,15 @@ class Trainer:
 
     def _load_model(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         from sgpo.compat import disable_dropout_in_model
-        from sgpo.models import load_model, load_tokenizer
+        from sgpo.models import context_length, load_model, load_tokenizer
 
         m = self.cfg.model
         tokenizer = tokenizer or load_tokenizer(m.name_or_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        if model is None:  # before the weights load
+            check_prompt_lengths(((p.id, p.problem, p.strategy) for p in self.problems.problems), self.cfg.data.style(),
+                                 tokenizer, context_length(m.name_or_path), self.problems.source)
         lm = model if model is not None else load_model(m.name_or_path, dtype=m.dtype)
         disable_dropout_in_model(lm)
         if m.gradient_checkpointing:
