@@ -31,3 +31,108 @@ def test_per_prompt_counts_and_seeded_determinism(tiny_model_dir):
     assert all(len(c.token_ids) <= 5 and c.finish_reason in ("stop", "length") for o in out for c in o)
     again = gen.generate(["one", "two longer prompt", "three"], sampling, n=[2, 0, 3])
     assert [[c.token_ids for c in o] for o in out] == [[c.token_ids for c in o] for o in again]
+
+
+def _greedy_and_sampled(gen, prompts):
+    greedy = gen.generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=12))
+    sampled = gen.generate(prompts, SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=3), n=2)
+    return [[c.token_ids for c in o] for o in greedy + sampled]
+
+
+@pytest.mark.slow
+def test_model_generation_config_does_not_reshape_sampling(tiny_model_dir):
+    """A model whose generation_config penalises repetition (Qwen2.5-Instruct ships
+    repetition_penalty 1.05) samples and greedy-decodes exactly as the same weights without
+    it: rollouts come from the distribution the losses score. Covers `sgpo eval` too, which
+    samples through the same HFGenerator."""
+    from sgpo.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    plain = load_model(str(tiny_model_dir), dtype="float32")
+    penalised = load_model(str(tiny_model_dir), dtype="float32")
+    penalised.generation_config.update(repetition_penalty=1.8, no_repeat_ngram_size=1, top_k=5, min_new_tokens=12,
+                                       suppress_tokens=[tok.eos_token_id])
+    prompts = ["What is 2 + 2?", "Name a prime number larger than ten and explain."]
+    assert _greedy_and_sampled(HFGenerator(penalised, tok), prompts) == _greedy_and_sampled(HFGenerator(plain, tok), prompts)
+    assert penalised.generation_config.repetition_penalty == 1.8  # the model's own config is left as it was
+
+
+@pytest.mark.slow
+def test_token_id_prompts_sample_like_their_text(tiny_model_dir):
+    from sgpo.generation import encode_prompts
+    from sgpo.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    gen = HFGenerator(load_model(str(tiny_model_dir), dtype="float32"), tok, batch_size=2)
+    texts = ["<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n", "short"]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=6, seed=11)
+    from_text = gen.generate(texts, sampling, n=2)
+    from_ids = gen.generate(encode_prompts(tok, texts), sampling, n=2)
+    assert [[c.token_ids for c in o] for o in from_text] == [[c.token_ids for c in o] for o in from_ids]
+
+
+class _RecordingLLM:
+    """Stands in for ``vllm.LLM`` (vLLM needs a GPU and is not installed here): records what
+    the generator sends and answers with fixed completions."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, params, use_tqdm=False):
+        from types import SimpleNamespace
+
+        self.calls.append((prompts, params))
+        return [SimpleNamespace(outputs=[SimpleNamespace(text="ab", token_ids=[5, 6], finish_reason="length")] * p.n)
+                for p in params]
+
+
+class _RecordingClient:
+    """Stands in for TRL's VLLMClient talking to `vllm serve`."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, n, **kwargs):
+        self.calls.append((prompts, n, kwargs))
+        return {"completion_ids": [[7, 2]] * (len(prompts) * n)}
+
+
+def _fake_vllm(monkeypatch):
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    fake = ModuleType("vllm")
+    fake.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+
+
+def test_vllm_generator_sends_the_token_ids_the_trainer_scores(monkeypatch, tiny_model_dir):
+    """Colocated engine and server both receive token ids, the ones the trainer encodes from the
+    rendered prompt (no second BOS from tokenizing text with special tokens), with neutral
+    penalties; prompts with n = 0 are not sent."""
+    from sgpo.generation.vllm import VLLMGenerator
+    from sgpo.models import load_tokenizer
+    from sgpo.prompts import PromptStyle
+
+    _fake_vllm(monkeypatch)
+    tok = load_tokenizer(str(tiny_model_dir))
+    rendered = [PromptStyle().render(tok, "What is 2 + 3?"), PromptStyle().render(tok, "What is 7 - 4?")]
+    trainer_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in rendered]  # as methods.py encodes them
+
+    gen = VLLMGenerator.__new__(VLLMGenerator)
+    gen.tokenizer, gen.server, gen.is_main, gen.eos_ids, gen.llm = tok, False, True, {2}, _RecordingLLM()
+    out = gen.generate(trainer_ids + [trainer_ids[0]], SamplingConfig(temperature=0.7, max_new_tokens=9, seed=1),
+                       n=[2, 1, 0])
+    prompts, params = gen.llm.calls[0]
+    assert prompts == [{"prompt_token_ids": trainer_ids[0]}, {"prompt_token_ids": trainer_ids[1]}]
+    assert [p.n for p in params] == [2, 1] and [len(o) for o in out] == [2, 1, 0]
+    assert all(p.repetition_penalty == 1.0 and p.temperature == 0.7 and p.max_tokens == 9 for p in params)
+    assert gen.generate(rendered, SamplingConfig(), n=1) and gen.llm.calls[1][0][0] == {"prompt_token_ids": trainer_ids[0]}
+
+    server = VLLMGenerator.__new__(VLLMGenerator)
+    server.tokenizer, server.server, server.is_main, server.eos_ids = tok, True, True, {2}
+    server.client = _RecordingClient()
+    out = server.generate(rendered, SamplingConfig(temperature=1.0, max_new_tokens=4), n=[1, 3])
+    assert [(p, n) for p, n, _ in server.client.calls] == [([trainer_ids[0]], 1), ([trainer_ids[1]], 3)]
+    assert all(kw["repetition_penalty"] == 1.0 for _, _, kw in server.client.calls)
+    assert [[c.finish_reason for c in o] for o in out] == [["stop"], ["stop"] * 3]

@@ -1,9 +1,9 @@
 """Generation engines behind one small interface: transformers ``generate`` (CPU and small
 GPU runs) and vLLM (colocated or a server). Training and evaluation both use it."""
 
-from sgpo.generation.base import Completion, Generator, SamplingConfig
+from sgpo.generation.base import Completion, Generator, Prompt, SamplingConfig, encode_prompts
 
-__all__ = ["Completion", "Generator", "SamplingConfig", "make_generator"]
+__all__ = ["Completion", "Generator", "Prompt", "SamplingConfig", "encode_prompts", "make_generator"]
 
 
 def make_generator(backend: str, model: object = None, tokenizer: object = None, **kwargs: object) -> Generator:

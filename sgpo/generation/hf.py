@@ -1,16 +1,21 @@
 """Batched sampling with transformers ``model.generate``: the CPU path, and a simple GPU
 path when vLLM is not installed. Prompts are left-padded and sent ``batch_size`` sequences
-at a time."""
+at a time.
+
+Sampling uses a GenerationConfig built from the run's :class:`SamplingConfig` alone. A
+model's own ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty: 1.05``) fills
+every field a passed config leaves unset, so it is swapped out for the call: otherwise
+rollouts would come from a penalised distribution while every log-prob the losses use is raw.
+Only its stop tokens are kept (they end completions; they do not reshape the distribution)."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 
-from typing import Sequence
-
-from sgpo.generation.base import Completion, SamplingConfig, counts
+from sgpo.generation.base import Completion, Prompt, SamplingConfig, counts, encode_prompts
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -32,6 +37,34 @@ def split_completion(ids: list[int], eos_ids: set[int]) -> tuple[list[int], str]
     return ids, "length"
 
 
+def generation_config(sampling: SamplingConfig, eos_ids: set[int], pad_id: int | None) -> Any:
+    """The run's sampling settings and nothing else: every logits processor transformers would
+    otherwise add from defaults is set to its neutral value."""
+    from transformers import GenerationConfig
+
+    kw: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=sorted(eos_ids),
+                              pad_token_id=pad_id, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                              encoder_no_repeat_ngram_size=0, length_penalty=1.0, typical_p=1.0, min_length=0,
+                              renormalize_logits=False)
+    if sampling.temperature > 0:
+        kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    else:
+        kw.update(do_sample=False)
+    return GenerationConfig(**kw)
+
+
+@contextmanager
+def only_config(model: Any, config: Any) -> Iterator[None]:
+    """Make ``config`` the model's generation_config for the call (it is where transformers
+    fills unset fields from)."""
+    original = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = original
+
+
 class HFGenerator:
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = False):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -39,17 +72,17 @@ class HFGenerator:
         self.eos_ids = _eos_ids(model, tokenizer)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], sampling: SamplingConfig,
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
                  n: int | Sequence[int] = 1) -> list[list[Completion]]:
         tok = self.tokenizer
         ns = counts(prompts, n)
-        flat = [(i, p) for i, (p, k) in enumerate(zip(prompts, ns)) for _ in range(k)]
+        ids = encode_prompts(tok, prompts)
+        flat = [ids[i] for i, k in enumerate(ns) for _ in range(k)]
         # longest prompts first keeps padding low inside each batch
-        order = sorted(range(len(flat)), key=lambda k: -len(flat[k][1]))
+        order = sorted(range(len(flat)), key=lambda k: -len(flat[k]))
         results: list[Completion | None] = [None] * len(flat)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        pad_side, tok.padding_side = tok.padding_side, "left"
         device = next(self.model.parameters()).device
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         iterator: Any = batches
@@ -57,26 +90,20 @@ class HFGenerator:
             from tqdm.auto import tqdm
 
             iterator = tqdm(batches, desc="generate", unit="batch")
+        config = generation_config(sampling, self.eos_ids, tok.pad_token_id)
         was_training = self.model.training
         self.model.eval()
         try:
-            for idx in iterator:
-                enc = tok([flat[k][1] for k in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {k: v.to(device) for k, v in enc.items()}
-                kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                              eos_token_id=sorted(self.eos_ids))
-                if sampling.temperature > 0:
-                    kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-                else:
-                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                out = self.model.generate(**enc, **kwargs)
-                gen = out[:, enc["input_ids"].shape[1]:].tolist()
-                for k, row in zip(idx, gen):
-                    ids, reason = split_completion(row, self.eos_ids)
-                    text = tok.decode(ids, skip_special_tokens=True)
-                    results[k] = Completion(text=text, token_ids=ids, finish_reason=reason)
+            with only_config(self.model, config):
+                for idx in iterator:
+                    input_ids, mask = _left_pad([flat[k] for k in idx], tok.pad_token_id, device)
+                    out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+                    gen = out[:, input_ids.shape[1]:].tolist()
+                    for k, row in zip(idx, gen):
+                        cut, reason = split_completion(row, self.eos_ids)
+                        results[k] = Completion(text=tok.decode(cut, skip_special_tokens=True), token_ids=cut,
+                                                finish_reason=reason)
         finally:
-            tok.padding_side = pad_side
             self.model.train(was_training)
         out: list[list[Completion]] = []
         start = 0
@@ -84,3 +111,15 @@ class HFGenerator:
             out.append(results[start:start + k])  # type: ignore[arg-type]
             start += k
         return out
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, L] ids and attention mask, padded on the left (generation appends on the right)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)

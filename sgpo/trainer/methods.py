@@ -74,8 +74,9 @@ def _collect_autonomous_and_guided(inp: StepInputs, problems: list[Problem], see
     guided = method_uses_guidance(algo.method)
     has = [i for i, p in enumerate(problems) if p.strategy] if guided else []
     subset = [problems[i] for i in has]
-    guided_texts = render_prompts(tok, subset, guided=True, style=inp.style)
-    requests = [(auto_texts, problems, algo.group_auto)] + ([(guided_texts, subset, algo.group_guided)] if guided else [])
+    guided_ids = encode_prompts(tok, render_prompts(tok, subset, guided=True, style=inp.style))
+    # the generator gets the token ids the losses score, not text it would tokenize again
+    requests = [(auto_ids, problems, algo.group_auto)] + ([(guided_ids, subset, algo.group_guided)] if guided else [])
     sampled = sample_and_score(inp.generator, requests, _sampling(algo, seed))
     auto, r_auto = sampled[0]
     adv = group_advantages(r_auto.flatten(), algo.group_auto, scale=algo.adv_scale)  # [B*G_a]
@@ -86,7 +87,7 @@ def _collect_autonomous_and_guided(inp: StepInputs, problems: list[Problem], see
     examples = {"unguided": auto[0][0].text} if auto else {}
     if guided:
         groups, r_g = sampled[1]
-        guided_seqs, guided_stats, ex = _guided(inp, problems, has, encode_prompts(tok, guided_texts), groups, r_g,
+        guided_seqs, guided_stats, ex = _guided(inp, problems, has, guided_ids, groups, r_g,
                                                 auto_ids, p_auto)
         seqs += guided_seqs
         stats.update(guided_stats)
@@ -184,9 +185,8 @@ def _collect_luffy(inp: StepInputs, problems: list[Problem], seed: int | None) -
     """LUFFY: per group G_a - 1 on-policy samples plus the strong-model trace; advantage over
     the whole group; the off-policy trace uses the shaped, unclipped objective."""
     algo, tok = inp.algo, inp.tokenizer
-    texts = render_prompts(tok, problems, guided=False, style=inp.style)
-    ids = encode_prompts(tok, texts)
-    [(on, r_on)] = sample_and_score(inp.generator, [(texts, problems, algo.group_auto - 1)], _sampling(algo, seed))
+    ids = encode_prompts(tok, render_prompts(tok, problems, guided=False, style=inp.style))
+    [(on, r_on)] = sample_and_score(inp.generator, [(ids, problems, algo.group_auto - 1)], _sampling(algo, seed))
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     off = [tok(p.teacher_response, add_special_tokens=False)["input_ids"] + eos for p in problems]
     r_off = torch.tensor([score(p.teacher_response or "", p.answer) for p in problems])  # [B]

@@ -12,7 +12,7 @@ import torch
 from sgpo import prompts
 from sgpo.core import teacher_targets_from_logits
 from sgpo.data import Problem
-from sgpo.generation import Completion, Generator, SamplingConfig
+from sgpo.generation import Completion, Generator, SamplingConfig, encode_prompts  # noqa: F401  (re-exported)
 from sgpo.rewards import score
 
 
@@ -30,19 +30,15 @@ def render_prompts(tokenizer: Any, problems: Sequence[Problem], guided: bool,
     return [style.render(tokenizer, p.problem, p.strategy if guided else None) for p in problems]
 
 
-def encode_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def sample_and_score(generator: Generator, requests: list[tuple[list[str], Sequence[Problem], int]],
+def sample_and_score(generator: Generator, requests: list[tuple[list[list[int]], Sequence[Problem], int]],
                      sampling: SamplingConfig) -> list[tuple[list[list[Completion]], torch.Tensor]]:
     """Sample several sets of prompts, each with its own group size, in ONE generation call
     (autonomous and guided rollouts share batches), and score them.
-    ``requests``: (prompt texts, their problems, n). Returns per request completions[b][g]
+    ``requests``: (prompt token ids, their problems, n). Returns per request completions[b][g]
     and rewards [B, n] (1.0 / 0.0 from :func:`sgpo.rewards.score`)."""
-    texts = [t for ts, _, _ in requests for t in ts]
-    ns = [n for ts, _, n in requests for _ in ts]
-    flat = generator.generate(texts, sampling, n=ns) if texts else []
+    prompts = [p for ps, _, _ in requests for p in ps]
+    ns = [n for ps, _, n in requests for _ in ps]
+    flat = generator.generate(prompts, sampling, n=ns) if prompts else []
     out, start = [], 0
     for ts, problems, n in requests:
         groups = flat[start:start + len(ts)]
