@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 SMOLLM2 = "smollm2-135m-instruct"  # alias accepted wherever a model path is
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # accepted by load_model
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # accepted by load_model (float64: exact CPU equivalence tests)
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
