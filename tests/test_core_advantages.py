@@ -61,3 +61,16 @@ def test_errors():
         group_advantages(torch.zeros(7), 4)
     with pytest.raises(ValueError, match="unknown advantage scale"):
         group_advantages(torch.zeros(8), 4, scale="std")
+
+
+def test_batch_scale_with_the_gathered_std_matches_the_whole_batch():
+    # two processes each hold two groups; dividing by the std of all eight rewards makes each
+    # process's advantages the corresponding rows of the whole batch's
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    whole = group_advantages(rewards, 2, scale="batch")
+    std = rewards.std()
+    parts = [group_advantages(rewards[:4], 2, scale="batch", batch_std=std),
+             group_advantages(rewards[4:], 2, scale="batch", batch_std=std)]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    # the local std differs, so without the gathered one the halves would not match
+    assert not torch.equal(group_advantages(rewards[:4], 2, scale="batch"), whole[:4])

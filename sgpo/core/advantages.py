@@ -17,11 +17,14 @@ def group_advantages(
     group_size: int,
     scale: str = "group",
     eps: float = 1e-6,
+    batch_std: torch.Tensor | float | None = None,  # scale="batch": std of the whole batch (all processes)
 ) -> torch.Tensor:  # [N]
     """Advantage ``A = r - mean_group(r)``, optionally divided by a standard deviation.
 
     ``scale="group"`` divides by (std within the group + eps) as in GRPO, ``"batch"`` by
-    (std over all N rewards + eps), ``"none"`` leaves the centred reward (Dr. GRPO / LUFFY).
+    (std over the batch + eps), ``"none"`` leaves the centred reward (Dr. GRPO / LUFFY).
+    The batch std is ``batch_std`` when given (a trainer passes the std of the rewards gathered
+    over all processes, so every process scales by the same number), else the std of ``rewards``.
     Standard deviations are the unbiased estimate (``torch.std`` default, Bessel's
     correction), the convention of the common GRPO implementations, so numbers match them.
 
@@ -44,7 +47,10 @@ def group_advantages(
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
         adv = centred / (std + eps)  # [B, G]
     elif scale == "batch":
-        std = r.std() if r.numel() > 1 else r.new_zeros(())
+        if batch_std is not None:
+            std = torch.as_tensor(batch_std, dtype=r.dtype)
+        else:
+            std = r.std() if r.numel() > 1 else r.new_zeros(())
         adv = centred / (std + eps)
     else:
         adv = centred

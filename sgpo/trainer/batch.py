@@ -17,7 +17,7 @@ RL_ROLES = ("rl", "offpolicy")  # the policy-gradient terms (GRPO's token mean r
 
 @dataclass
 class TrainSequence:
-    prompt_ids: list[int]  # training context (the unguided prompt except for guided_rl)
+    prompt_ids: list[int]  # the student's context (the unguided prompt except for guided_rl)
     completion_ids: list[int]  # T tokens
     role: str  # rl | offpolicy | nll | distill
     advantage: float = 0.0  # rl, offpolicy
@@ -27,6 +27,7 @@ class TrainSequence:
     teacher_lp: torch.Tensor | None = None  # [T, K]
     teacher_lp_sampled: torch.Tensor | None = None  # [T]
     old_support_lp: torch.Tensor | None = None  # [T, K] C1/C3 with several updates per rollout
+    teacher_prompt_ids: list[int] | None = None  # distill: the teacher's context (prompt with the strategy)
 
     @property
     def num_tokens(self) -> int:

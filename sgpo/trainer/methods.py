@@ -1,11 +1,24 @@
-"""One step's batch per method: which rollouts are sampled, how they are scored and weighted,
-and which loss term each trajectory feeds. Reads top to bottom as spec section 2 (SGPO) and
-section 3 (baselines and ablations)."""
+"""One step of every method as named phases, in the order the trainer runs them:
+
+1. :func:`sample`: G_a autonomous rollouts per problem from the unguided prompt and, for the
+   guided methods, G_g rollouts from the prompt with the strategy (one generation call);
+   the strong-model responses for sft and luffy.
+2. :func:`score`: binary rewards from :func:`sgpo.rewards.score`, [B, G_a] and [B, G_g].
+3. :func:`advantages`: group-relative advantages (:func:`sgpo.core.group_advantages`).
+4. :func:`weights`: the instance weight w_i from (p_a, p_g) (:func:`sgpo.core.instance_weights`).
+5. :func:`sequences`: which trajectory feeds which loss term, in which context; the guided
+   trajectories SGPO distils are the :func:`eligible` ones.
+6. :func:`attach_teacher_targets`: the teacher's top-k distribution over each distilled token
+   from the strategy-conditioned context; :func:`attach_old_logprobs`: the rollout-time student
+   log-probs when there are several updates per rollout.
+
+Every array is indexed by the B problems of this process ([B], [B, G]); a problem without a
+strategy has ``has_strategy[b] = False``, no guided samples (a 0-padded row) and w_b = 0."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -13,190 +26,278 @@ from sgpo.core import LossSettings, group_advantages, instance_weights, update_c
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig
 from sgpo.prompts import PromptStyle
-from sgpo.rewards import score
+from sgpo.rewards import score as grade
 from sgpo.trainer.batch import TrainSequence
 from sgpo.trainer.config import AlgorithmConfig
-from sgpo.trainer.rollouts import encode_prompts, old_logprobs, render_prompts, sample_and_score, teacher_targets
+from sgpo.trainer.rollouts import (
+    encode_prompts,
+    generate_groups,
+    old_logprobs,
+    render_prompts,
+    score_groups,
+    teacher_targets,
+)
 
 MENTION_WORDS = ("strategy", "hint")
+GUIDED_METHODS = ("sgpo", "imitation", "guided_rl")  # sample strategy-guided rollouts
+WEIGHTED_METHODS = ("sgpo", "imitation")  # learn from guided rollouts with the instance weight
+
+
+def method_uses_guidance(method: str) -> bool:
+    return method in GUIDED_METHODS
+
+
+def _local(values: list) -> list:
+    return values
 
 
 @dataclass
-class StepInputs:
-    """What a method needs besides the problems: models, generator and settings."""
+class StepContext:
+    """What the phases need besides the problems: models, generator, settings."""
 
     tokenizer: Any
     generator: Generator
-    policy: Any  # unwrapped causal LM at rollout time
-    teacher: Any  # causal LM giving teacher targets (the policy itself, or a frozen copy)
+    policy: Any  # unwrapped causal LM with the rollout-time parameters (student and old policy)
+    teacher: Any  # LM scoring the strategy-conditioned context: the policy itself, or a frozen initial copy
     algo: AlgorithmConfig
     loss: LossSettings
     pad_id: int
     batch_size: int  # sequences per no-grad forward
-    chunk_size: int
-    competence: dict[str, float] = field(default_factory=dict)  # problem id -> running p_a (W3)
+    chunk_size: int  # tokens per LM-head chunk
     style: PromptStyle = field(default_factory=PromptStyle)
+    # concatenates a list over all processes in rank order (identity on one process)
+    gather: Callable[[list], list] = _local
+
+
+@dataclass
+class Rollouts:
+    """Sampled trajectories of B prompts of one kind."""
+
+    prompt_ids: list[list[int]]  # [B] the prompt's token ids (the context the trajectory was sampled in)
+    completions: list[list[Completion]]  # [B][G]; an empty row where nothing was sampled
+
+
+@dataclass
+class StepRollouts:
+    problems: list[Problem]  # B
+    auto: Rollouts  # unguided prompt x: the student's context; G_a samples (luffy: G_a - 1)
+    guided: Rollouts | None  # prompt x (+) s: the teacher's context; G_g samples where has_strategy
+    has_strategy: torch.Tensor  # [B] bool
+    reference: list[list[int]] | None = None  # [B] strong-model response tokens (sft, luffy)
+
+
+@dataclass
+class Rewards:
+    auto: torch.Tensor  # [B, G_a] 1.0 verified correct, else 0.0
+    guided: torch.Tensor | None  # [B, G_g], rows without a strategy are 0 (and never used)
+    has_strategy: torch.Tensor  # [B] bool
+    reference: torch.Tensor | None = None  # [B] luffy: reward of the strong-model trace
+
+    @property
+    def p_auto(self) -> torch.Tensor:  # [B] autonomous success rate p_a
+        return self.auto.mean(1) if self.auto.shape[1] else torch.zeros(self.auto.shape[0])
+
+    @property
+    def p_guided(self) -> torch.Tensor:  # [B] guided success rate p_g (0 without a strategy)
+        return self.guided.mean(1) if self.guided is not None else torch.zeros_like(self.p_auto)
+
+
+@dataclass
+class Advantages:
+    auto: torch.Tensor | None = None  # [B, G_a] (luffy: the on-policy samples)
+    guided: torch.Tensor | None = None  # [B, G_g] guided_rl, 0 without a strategy
+    reference: torch.Tensor | None = None  # [B] luffy: the strong-model trace
 
 
 @dataclass
 class StepBatch:
     sequences: list[TrainSequence]
     stats: dict[str, torch.Tensor]  # per-problem/per-trajectory tensors, gathered across processes for logging
-    examples: dict[str, str] = field(default_factory=dict)
 
 
-def _sampling(algo: AlgorithmConfig, seed: int | None) -> SamplingConfig:
-    return SamplingConfig(algo.temperature, algo.top_p, algo.max_new_tokens, seed)
-
-
-def _rl_sequences(prompt_ids: list[list[int]], groups: list[list[Completion]], adv: torch.Tensor) -> list[TrainSequence]:
-    """RL trajectories; zero-advantage ones are kept (their tokens count in the token mean)."""
-    adv = adv.view(len(groups), -1)  # [B, G]
-    return [TrainSequence(p, c.token_ids, "rl", advantage=float(adv[b, g]))
-            for b, (p, group) in enumerate(zip(prompt_ids, groups)) for g, c in enumerate(group) if c.token_ids]
-
-
-def collect(inputs: StepInputs, problems: list[Problem], seed: int | None = None) -> StepBatch:
-    method = inputs.algo.method
-    if method == "sft":
-        return _collect_sft(inputs, problems)
-    batch = (_collect_luffy if method == "luffy" else _collect_autonomous_and_guided)(inputs, problems, seed)
-    attach_old_logprobs(inputs, batch.sequences)
-    return batch
-
-
-def _collect_autonomous_and_guided(inp: StepInputs, problems: list[Problem], seed: int | None) -> StepBatch:
-    """sgpo, grpo, imitation, guided_rl: G_a autonomous rollouts per problem with the RL term,
-    plus (except grpo) G_g guided rollouts per problem that has a strategy, sampled together."""
-    algo, tok = inp.algo, inp.tokenizer
-    auto_texts = render_prompts(tok, problems, guided=False, style=inp.style)
-    auto_ids = encode_prompts(tok, auto_texts)
+# -- 1. sample ------------------------------------------------------------------------------
+def sample(ctx: StepContext, problems: list[Problem], seed: int | None) -> StepRollouts:
+    algo, tok = ctx.algo, ctx.tokenizer
+    has = torch.tensor([p.strategy is not None for p in problems], dtype=torch.bool)  # [B]
+    auto_ids = encode_prompts(tok, render_prompts(tok, problems, guided=False, style=ctx.style))
+    reference = None
+    if algo.method in ("sft", "luffy"):
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        reference = [tok(p.teacher_response or "", add_special_tokens=False)["input_ids"] + eos for p in problems]
+    if algo.method == "sft":
+        return StepRollouts(problems, Rollouts(auto_ids, [[] for _ in problems]), None, has, reference)
+    n_auto = algo.group_auto - 1 if algo.method == "luffy" else algo.group_auto
+    requests = [(auto_ids, n_auto)]
     guided = method_uses_guidance(algo.method)
-    has = [i for i, p in enumerate(problems) if p.strategy] if guided else []
-    subset = [problems[i] for i in has]
-    guided_ids = encode_prompts(tok, render_prompts(tok, subset, guided=True, style=inp.style))
-    # the generator gets the token ids the losses score, not text it would tokenize again
-    requests = [(auto_ids, problems, algo.group_auto)] + ([(guided_ids, subset, algo.group_guided)] if guided else [])
-    sampled = sample_and_score(inp.generator, requests, _sampling(algo, seed))
-    auto, r_auto = sampled[0]
-    adv = group_advantages(r_auto.flatten(), algo.group_auto, scale=algo.adv_scale)  # [B*G_a]
-    seqs = _rl_sequences(auto_ids, auto, adv)
-    p_auto = r_auto.mean(1)  # [B]
-    stats = {"reward/auto": r_auto.flatten(), "p_auto": p_auto,
-             "len/auto": _lengths(auto), "trunc/auto": _truncated(auto), "mentions/auto": _mentions(auto)}
-    examples = {"unguided": auto[0][0].text} if auto else {}
+    rows = [b for b in range(len(problems)) if has[b]] if guided else []
+    guided_ids = encode_prompts(tok, render_prompts(tok, [problems[b] for b in rows], guided=True, style=ctx.style))
     if guided:
-        groups, r_g = sampled[1]
-        guided_seqs, guided_stats, ex = _guided(inp, problems, has, guided_ids, groups, r_g,
-                                                auto_ids, p_auto)
-        seqs += guided_seqs
-        stats.update(guided_stats)
-        examples.update(ex)
-    return StepBatch(seqs, stats, examples)
+        requests.append((guided_ids, algo.group_guided))
+    sampling = SamplingConfig(algo.temperature, algo.top_p, algo.max_new_tokens, seed)
+    groups = generate_groups(ctx.generator, requests, sampling)
+    auto = Rollouts(auto_ids, groups[0])
+    guided_rollouts = None
+    if guided:  # spread the sampled rows back over all B problems
+        ids: list[list[int]] = [[] for _ in problems]
+        comps: list[list[Completion]] = [[] for _ in problems]
+        for b, p_ids, group in zip(rows, guided_ids, groups[1]):
+            ids[b], comps[b] = p_ids, group
+        guided_rollouts = Rollouts(ids, comps)
+    return StepRollouts(problems, auto, guided_rollouts, has, reference)
 
 
-def method_uses_guidance(method: str) -> bool:
-    return method in ("sgpo", "imitation", "guided_rl")
+# -- 2. score --------------------------------------------------------------------------------
+def score(ctx: StepContext, r: StepRollouts) -> Rewards:
+    answers = [p.answer for p in r.problems]
+    n_auto = max((len(g) for g in r.auto.completions), default=0)
+    auto = score_groups(r.auto.completions, answers, n_auto)  # [B, G_a]
+    guided = score_groups(r.guided.completions, answers, ctx.algo.group_guided) if r.guided else None  # [B, G_g]
+    reference = None
+    if ctx.algo.method == "luffy":
+        reference = torch.tensor([grade(p.teacher_response or "", p.answer) for p in r.problems])  # [B]
+    return Rewards(auto, guided, r.has_strategy, reference)
 
 
-def _weights(inp: StepInputs, problems: list[Problem], p_auto: torch.Tensor, p_guided: torch.Tensor) -> torch.Tensor:
-    """w_i per problem [B] (spec 2.6); 0 where there is no strategy (p_guided is NaN)."""
-    algo = inp.algo
-    competence = None
+# -- 3. advantages ---------------------------------------------------------------------------
+def _group_advantages(ctx: StepContext, rewards: torch.Tensor, scale: str) -> torch.Tensor:  # [B, G] -> [B, G]
+    """Advantages within each row; ``batch`` scale divides by the std over every process's rows."""
+    std = torch.tensor(ctx.gather(rewards.flatten().tolist())).std() if scale == "batch" else None
+    return group_advantages(rewards.flatten(), max(rewards.shape[1], 1), scale=scale,
+                            batch_std=std).view_as(rewards)
+
+
+def advantages(ctx: StepContext, rewards: Rewards) -> Advantages:
+    algo = ctx.algo
+    if algo.method == "sft":
+        return Advantages()
+    if algo.method == "luffy":  # the strong-model trace is one more member of the group
+        adv = _group_advantages(ctx, torch.cat([rewards.auto, rewards.reference[:, None]], 1), algo.luffy_adv_scale)
+        return Advantages(auto=adv[:, :-1], reference=adv[:, -1])
+    out = Advantages(auto=_group_advantages(ctx, rewards.auto, algo.adv_scale))
+    if algo.method == "guided_rl":  # groups of problems with a strategy only
+        out.guided = torch.zeros_like(rewards.guided)
+        out.guided[rewards.has_strategy] = _group_advantages(ctx, rewards.guided[rewards.has_strategy], algo.adv_scale)
+    return out
+
+
+# -- 4. weights ------------------------------------------------------------------------------
+def weights(ctx: StepContext, r: StepRollouts, rewards: Rewards, competence: dict[str, float]) -> torch.Tensor | None:
+    """w_i per problem [B], 0 without a strategy; None for methods without guided learning.
+    With ``weight_mode: competence`` the running competence (problem id -> past p_a) is read
+    for this step's weights, then updated in place with the p_a of every process's problems
+    (the dict is the same on every process and checkpointed whole)."""
+    algo = ctx.algo
+    if algo.method not in WEIGHTED_METHODS:
+        return None
+    c = None
     if algo.weight_mode == "competence":
-        prev = torch.tensor([inp.competence.get(p.id, float("nan")) for p in problems])
-        competence = torch.where(prev.isnan(), torch.zeros_like(prev), prev)
-        updated = update_competence(None, p_auto, algo.competence_momentum)
-        seen = ~prev.isnan()
-        updated[seen] = update_competence(prev[seen], p_auto[seen], algo.competence_momentum)
-        inp.competence.update({p.id: float(c) for p, c in zip(problems, updated)})
-    w = instance_weights(p_auto, torch.nan_to_num(p_guided, nan=0.0), mode=algo.weight_mode, competence=competence)
-    w[p_guided.isnan()] = 0.0  # no strategy: RL term only
-    return w
+        c = torch.tensor([competence.get(p.id, 0.0) for p in r.problems])  # [B], 0 before the first visit
+        merge_competence(competence, ctx.gather([p.id for p in r.problems]), ctx.gather(rewards.p_auto.tolist()),
+                         algo.competence_momentum)
+    w = instance_weights(rewards.p_auto, rewards.p_guided, mode=algo.weight_mode, competence=c)  # [B]
+    return torch.where(rewards.has_strategy, w, torch.zeros_like(w))
 
 
-def _guided(inp: StepInputs, problems: list[Problem], has: list[int], guided_ids: list[list[int]],
-            groups: list[list[Completion]], r_g: torch.Tensor, auto_ids: list[list[int]],
-            p_auto: torch.Tensor) -> tuple[list[TrainSequence], dict[str, torch.Tensor], dict[str, str]]:
-    algo = inp.algo
-    p_guided = torch.full_like(p_auto, float("nan"))
-    if has:
-        p_guided[has] = r_g.mean(1)
-    w = _weights(inp, problems, p_auto, p_guided)
-    stats = {"reward/guided": r_g.flatten(), "p_guided": p_guided[has], "weight": w, "weight_guided": w[has],
-             "len/guided": _lengths(groups), "no_strategy": torch.tensor([float(len(problems) - len(has))])}
-    examples = {"guided": groups[0][0].text} if groups else {}
-    if algo.method == "guided_rl":
-        adv = group_advantages(r_g.flatten(), algo.group_guided, scale=algo.adv_scale)
-        return _rl_sequences(guided_ids, groups, adv), stats, examples
-    eligible = [(b, c) for b, group in enumerate(groups) for g, c in enumerate(group)
-                if c.token_ids and w[has[b]] > 0 and (algo.distill_on == "all" or r_g[b, g] > 0)]
-    if algo.method == "imitation":  # ablation: NLL on eligible guided trajectories, unguided context
-        seqs = [TrainSequence(auto_ids[has[b]], c.token_ids, "nll", weight=inp.loss.distill_coef * float(w[has[b]]))
-                for b, c in eligible]
-        return seqs, stats, examples
-    return _distill_sequences(inp, eligible, has, guided_ids, auto_ids, w), stats, examples
+def merge_competence(state: dict[str, float], ids: list[str], p_auto: list[float], momentum: float) -> None:
+    """Fold p_a of ``ids`` (in order; a problem twice in one step is folded twice) into ``state``."""
+    for pid, p in zip(ids, p_auto):
+        prev = torch.tensor([state[pid]]) if pid in state else None
+        state[pid] = float(update_competence(prev, torch.tensor([float(p)]), momentum)[0])
 
 
-def _distill_sequences(inp: StepInputs, eligible: list[tuple[int, Completion]], has: list[int],
-                       guided_ids: list[list[int]], auto_ids: list[list[int]], w: torch.Tensor) -> list[TrainSequence]:
-    """Teacher targets from the strategy-conditioned context, computed right after generation;
-    the student sees the same trajectory after the unguided prompt."""
-    if not eligible:
-        return []
-    algo = inp.algo
-    comps = [c.token_ids for _, c in eligible]
-    targets = teacher_targets(inp.teacher, [guided_ids[b] for b, _ in eligible], comps, top_k=algo.top_k,
-                              pad_id=inp.pad_id, batch_size=inp.batch_size, chunk_size=inp.chunk_size,
-                              temperature=algo.temperature)
-    student_prompts = [auto_ids[has[b]] for b, _ in eligible]
-    return [TrainSequence(p, c, "distill", weight=float(w[has[b]]), support_ids=t.support_ids,
-                          teacher_lp=t.teacher_lp, teacher_lp_sampled=t.teacher_lp_sampled)
-            for (b, _), p, c, t in zip(eligible, student_prompts, comps, targets)]
+# -- 5. sequences ----------------------------------------------------------------------------
+def eligible(r: StepRollouts, rewards: Rewards, w: torch.Tensor, distill_on: str) -> torch.Tensor:
+    """[B, G_g] bool: guided trajectories that feed the distillation (or imitation) term: of a
+    problem with w > 0, non-empty, and correct unless ``distill_on: all``."""
+    assert r.guided is not None and rewards.guided is not None
+    sampled = torch.zeros_like(rewards.guided, dtype=torch.bool)
+    for b, group in enumerate(r.guided.completions):
+        for g, c in enumerate(group):
+            sampled[b, g] = bool(c.token_ids)
+    correct = rewards.guided > 0 if distill_on == "correct" else torch.ones_like(sampled)
+    return sampled & correct & (w > 0)[:, None] & rewards.has_strategy[:, None]
 
 
-def attach_old_logprobs(inp: StepInputs, seqs: list[TrainSequence]) -> None:
+def _rl_sequences(rollouts: Rollouts, adv: torch.Tensor) -> list[TrainSequence]:
+    """RL trajectories in their sampling context; zero-advantage ones are kept (their tokens
+    count in the token mean)."""
+    return [TrainSequence(p, c.token_ids, "rl", advantage=float(adv[b, g]))
+            for b, (p, group) in enumerate(zip(rollouts.prompt_ids, rollouts.completions))
+            for g, c in enumerate(group) if c.token_ids]
+
+
+def sequences(ctx: StepContext, r: StepRollouts, rewards: Rewards, adv: Advantages,
+              w: torch.Tensor | None) -> list[TrainSequence]:
+    method = ctx.algo.method
+    if method == "sft":
+        return [TrainSequence(p, ref, "nll") for p, ref in zip(r.auto.prompt_ids, r.reference or [])]
+    seqs = _rl_sequences(r.auto, adv.auto)
+    if method == "luffy":
+        seqs += [TrainSequence(p, ref, "offpolicy", advantage=float(a))
+                 for p, ref, a in zip(r.auto.prompt_ids, r.reference or [], adv.reference)]
+    if method == "guided_rl":  # strategy-in-prompt RL: guided rollouts in their guided context
+        seqs += _rl_sequences(r.guided, adv.guided)
+    if method in WEIGHTED_METHODS:
+        for b, g in eligible(r, rewards, w, ctx.algo.distill_on).nonzero().tolist():
+            tokens = r.guided.completions[b][g].token_ids
+            if method == "imitation":  # ablation: lambda w_i NLL of the trajectory under the unguided prompt
+                seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "nll",
+                                          weight=ctx.loss.distill_coef * float(w[b])))
+            else:  # student: unguided prompt; teacher: the strategy-conditioned prompt it was sampled in
+                seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "distill", weight=float(w[b]),
+                                          teacher_prompt_ids=r.guided.prompt_ids[b]))
+    return seqs
+
+
+# -- 6. teacher targets and old log-probs (no gradient) --------------------------------------
+def attach_teacher_targets(ctx: StepContext, seqs: list[TrainSequence]) -> None:
+    """Teacher distributions over every distilled token, from the strategy-conditioned context,
+    computed once right after generation."""
+    todo = [s for s in seqs if s.role == "distill"]
+    if not todo:
+        return
+    targets = teacher_targets(ctx.teacher, [s.teacher_prompt_ids for s in todo], [s.completion_ids for s in todo],
+                              top_k=ctx.algo.top_k, pad_id=ctx.pad_id, batch_size=ctx.batch_size,
+                              chunk_size=ctx.chunk_size, temperature=ctx.algo.temperature)
+    for s, t in zip(todo, targets):
+        s.support_ids, s.teacher_lp, s.teacher_lp_sampled = t.support_ids, t.teacher_lp, t.teacher_lp_sampled
+
+
+def attach_old_logprobs(ctx: StepContext, seqs: list[TrainSequence]) -> None:
     """With several updates per rollout (PPO epochs x mini-batches), freeze the rollout-time
     student log-probs now; with one update they equal the current ones and are not computed."""
-    if inp.algo.ppo_epochs * inp.algo.mini_batches == 1:
+    if ctx.algo.ppo_epochs * ctx.algo.mini_batches == 1:
         return
     todo = [s for s in seqs if s.role in ("rl", "distill")]
     if not todo:
         return
-    need_support = inp.loss.proximal in ("c1", "c3")
+    need_support = ctx.loss.proximal in ("c1", "c3")
     support = [s.support_ids if s.role == "distill" and need_support else None for s in todo]
-    olds = old_logprobs(inp.policy, [s.prompt_ids for s in todo], [s.completion_ids for s in todo], support,
-                        pad_id=inp.pad_id, batch_size=inp.batch_size, chunk_size=inp.chunk_size,
-                        temperature=inp.algo.temperature)
+    olds = old_logprobs(ctx.policy, [s.prompt_ids for s in todo], [s.completion_ids for s in todo], support,
+                        pad_id=ctx.pad_id, batch_size=ctx.batch_size, chunk_size=ctx.chunk_size,
+                        temperature=ctx.algo.temperature)
     for s, (lp, sup) in zip(todo, olds):
         s.old_logp, s.old_support_lp = lp, sup
 
 
-def _collect_sft(inp: StepInputs, problems: list[Problem]) -> StepBatch:
-    tok = inp.tokenizer
-    ids = encode_prompts(tok, render_prompts(tok, problems, guided=False, style=inp.style))
-    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    seqs = [TrainSequence(p, tok(pr.teacher_response, add_special_tokens=False)["input_ids"] + eos, "nll")
-            for p, pr in zip(ids, problems)]
-    return StepBatch(seqs, {"len/teacher": torch.tensor([float(s.num_tokens) for s in seqs])})
-
-
-def _collect_luffy(inp: StepInputs, problems: list[Problem], seed: int | None) -> StepBatch:
-    """LUFFY: per group G_a - 1 on-policy samples plus the strong-model trace; advantage over
-    the whole group; the off-policy trace uses the shaped, unclipped objective."""
-    algo, tok = inp.algo, inp.tokenizer
-    ids = encode_prompts(tok, render_prompts(tok, problems, guided=False, style=inp.style))
-    [(on, r_on)] = sample_and_score(inp.generator, [(ids, problems, algo.group_auto - 1)], _sampling(algo, seed))
-    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    off = [tok(p.teacher_response, add_special_tokens=False)["input_ids"] + eos for p in problems]
-    r_off = torch.tensor([score(p.teacher_response or "", p.answer) for p in problems])  # [B]
-    rewards = torch.cat([r_on, r_off[:, None]], dim=1)  # [B, G_a]
-    adv = group_advantages(rewards.flatten(), algo.group_auto, scale=algo.luffy_adv_scale).view(len(problems), -1)
-    seqs = _rl_sequences(ids, on, adv[:, :-1].flatten())
-    seqs += [TrainSequence(p, o, "offpolicy", advantage=float(a)) for p, o, a in zip(ids, off, adv[:, -1])]
-    stats = {"reward/auto": r_on.flatten(), "p_auto": r_on.mean(1), "reward/offpolicy": r_off,
-             "len/auto": _lengths(on)}
-    return StepBatch(seqs, stats, {"unguided": on[0][0].text} if on else {})
+# -- statistics for logging ------------------------------------------------------------------
+def step_stats(method: str, r: StepRollouts, rewards: Rewards, w: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-problem and per-trajectory tensors behind the rollout metrics (docs/metrics.md)."""
+    if method == "sft":
+        return {"len/teacher": torch.tensor([float(len(x)) for x in r.reference])}
+    auto = r.auto.completions
+    stats = {"reward/auto": rewards.auto.flatten(), "p_auto": rewards.p_auto, "len/auto": _lengths(auto),
+             "trunc/auto": _truncated(auto), "mentions/auto": _mentions(auto)}
+    if rewards.reference is not None:
+        stats["reward/offpolicy"] = rewards.reference
+    if r.guided is not None:
+        has = rewards.has_strategy
+        stats.update({"reward/guided": rewards.guided[has].flatten(), "p_guided": rewards.p_guided[has],
+                      "len/guided": _lengths(r.guided.completions),
+                      "no_strategy": torch.tensor([float((~has).sum())])})
+    if w is not None:
+        stats.update({"weight": w, "weight_guided": w[rewards.has_strategy]})
+    return stats
 
 
 def _lengths(groups: list[list[Completion]]) -> torch.Tensor:

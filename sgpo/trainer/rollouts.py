@@ -1,5 +1,5 @@
-"""Rollout-time work: sample groups, score them, and compute the no-gradient quantities the
-losses need (teacher top-k targets from the strategy-conditioned context, old log-probs).
+"""Rollout-time work: render and encode prompts, sample groups, score them, and compute the
+no-gradient quantities the losses need (teacher top-k targets from the strategy-conditioned context, old log-probs).
 Everything here runs under ``torch.no_grad`` on the unwrapped policy."""
 
 from __future__ import annotations
@@ -30,21 +30,29 @@ def render_prompts(tokenizer: Any, problems: Sequence[Problem], guided: bool,
     return [style.render(tokenizer, p.problem, p.strategy if guided else None) for p in problems]
 
 
-def sample_and_score(generator: Generator, requests: list[tuple[list[list[int]], Sequence[Problem], int]],
-                     sampling: SamplingConfig) -> list[tuple[list[list[Completion]], torch.Tensor]]:
+def generate_groups(generator: Generator, requests: list[tuple[list[list[int]], int]],
+                    sampling: SamplingConfig) -> list[list[list[Completion]]]:
     """Sample several sets of prompts, each with its own group size, in ONE generation call
-    (autonomous and guided rollouts share batches), and score them.
-    ``requests``: (prompt token ids, their problems, n). Returns per request completions[b][g]
-    and rewards [B, n] (1.0 / 0.0 from :func:`sgpo.rewards.score`)."""
-    prompts = [p for ps, _, _ in requests for p in ps]
-    ns = [n for ps, _, n in requests for _ in ps]
+    (autonomous and guided rollouts share batches). ``requests``: (prompt token ids, n); the
+    generator gets the ids the losses score, not text it would tokenize again. Returns per
+    request completions[b][g] with b < len(prompts), g < n."""
+    prompts = [p for ps, _ in requests for p in ps]
+    ns = [n for ps, n in requests for _ in ps]
     flat = generator.generate(prompts, sampling, n=ns) if prompts else []
     out, start = [], 0
-    for ts, problems, n in requests:
-        groups = flat[start:start + len(ts)]
+    for ts, _ in requests:
+        out.append(flat[start:start + len(ts)])
         start += len(ts)
-        rewards = torch.tensor([[score(c.text, p.answer) for c in g] for p, g in zip(problems, groups)])
-        out.append((groups, rewards.view(len(ts), n)))  # rewards: [B, n]
+    return out
+
+
+def score_groups(groups: list[list[Completion]], answers: list[str], width: int) -> torch.Tensor:
+    """Rewards [B, width] of completions[b][g] against answer b with :func:`sgpo.rewards.score`
+    (1.0 verified correct, else 0.0); rows with fewer samples (no strategy) are 0-padded."""
+    out = torch.zeros(len(groups), width)
+    for b, (group, answer) in enumerate(zip(groups, answers)):
+        for g, c in enumerate(group):
+            out[b, g] = score(c.text, answer)
     return out
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy
 import random
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from sgpo.models import check_model_source
 from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import PolicyLoss
-from sgpo.trainer.methods import StepInputs, collect, method_uses_guidance
+from sgpo.trainer import methods
+from sgpo.trainer.methods import StepBatch, StepContext, method_uses_guidance
 from sgpo.trainer.metrics import StepMetrics
 from sgpo.trainer.update import is_deepspeed, optimizer_update
 
@@ -58,7 +60,10 @@ def step_problems(problems: list[Problem], step: int, per_step: int, seed: int, 
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, problems: ProblemSet | None = None, model: Any = None, tokenizer: Any = None):
+    def __init__(self, cfg: TrainConfig, problems: ProblemSet | None = None, model: Any = None, tokenizer: Any = None,
+                 generator: Any = None):
+        """``problems``, ``model``, ``tokenizer`` replace what ``cfg`` names; ``generator`` (a
+        :class:`sgpo.generation.Generator`) replaces ``system.generation_backend`` (tests script one)."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -91,7 +96,7 @@ class Trainer:
             PolicyLoss(lm, cfg.loss, temperature=cfg.algorithm.temperature, chunk_size=cfg.system.chunk_size),
             optimizer, scheduler)
         self.teacher = self._frozen_initial_policy(initial) if cfg.algorithm.teacher == "initial" else None
-        self.generator = None
+        self.generator, self.fixed_generator = generator, generator is not None
         self.step, self.competence, self.skipped, self.nonfinite_run = 0, {}, 0, 0
         self.history: list[dict[str, float]] = []
         if self.accelerator.is_main_process:
@@ -148,6 +153,8 @@ class Trainer:
         from sgpo.generation import make_generator
 
         t = self.cfg.system
+        if self.fixed_generator:
+            return self.generator
         if t.generation_backend == "hf":
             return make_generator("hf", lm, self.tokenizer, batch_size=t.generation_batch_size)
         if self.generator is None:
@@ -160,23 +167,42 @@ class Trainer:
         self.accelerator.wait_for_everyone()  # no process samples from stale server weights
         return self.generator
 
-    def rollout(self) -> Any:
+    def _context(self, lm: Any, initial: Any) -> StepContext:
+        acc, system = self.accelerator, self.cfg.system
+        gather = methods._local
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object as gather
+        teacher = initial if initial is not None else lm  # algorithm.teacher: initial | rollout
+        return StepContext(self.tokenizer, self._generator(lm), lm, teacher, self.cfg.algorithm, self.cfg.loss,
+                           self.pad_id, system.micro_batch_size, system.chunk_size, self.cfg.data.style(), gather)
+
+    def rollout(self, timer: PhaseTimer) -> StepBatch:
+        """This process's share of the step's problems through the phases of sgpo.trainer.methods."""
         from sgpo.compat import unwrap_model_for_generation
 
-        acc, t, system = self.accelerator, self.cfg.training, self.cfg.system
-        local = step_problems(self.problems.problems, self.step, t.prompts_per_step, t.seed,
-                              acc.process_index, acc.num_processes)
+        acc, t = self.accelerator, self.cfg.training
+        problems = step_problems(self.problems.problems, self.step, t.prompts_per_step, t.seed,
+                                 acc.process_index, acc.num_processes)
+        seed = t.seed * 1_000_003 + self.step * 7919 + acc.process_index
         ckpt_kwargs = {"use_reentrant": False}
         teacher_ctx = unwrap_model_for_generation(self.teacher, acc) if self.teacher is not None else nullcontext()
         with unwrap_model_for_generation(self.module, acc, gradient_checkpointing_kwargs=ckpt_kwargs) as unwrapped, \
                 teacher_ctx as teacher:
-            lm = unwrapped.lm
-            style = self.cfg.data.style()
-            inputs = StepInputs(self.tokenizer, self._generator(lm), lm, teacher or lm, self.cfg.algorithm,
-                                self.cfg.loss, self.pad_id, system.micro_batch_size, system.chunk_size,
-                                self.competence, style)
-            seed = t.seed * 1_000_003 + self.step * 7919 + acc.process_index
-            return collect(inputs, local, seed=seed)
+            ctx = self._context(unwrapped.lm, teacher)
+            with timer("sample"):
+                rollouts = methods.sample(ctx, problems, seed)  # autonomous [B][G_a], guided [B][G_g]
+            with timer("score"):
+                rewards = methods.score(ctx, rollouts)  # r [B, G_a], [B, G_g]
+            with timer("advantages"):
+                adv = methods.advantages(ctx, rewards)  # A [B, G_a]
+            with timer("weights"):
+                w = methods.weights(ctx, rollouts, rewards, self.competence)  # w [B] from p_a, p_g
+            seqs = methods.sequences(ctx, rollouts, rewards, adv, w)  # which trajectory feeds which term
+            with timer("teacher_targets"):
+                methods.attach_teacher_targets(ctx, seqs)  # top-k of p(.|x (+) s, y<t)
+            with timer("old_logprobs"):
+                methods.attach_old_logprobs(ctx, seqs)  # q_old(y_t), several updates per rollout only
+        return StepBatch(seqs, methods.step_stats(self.cfg.algorithm.method, rollouts, rewards, w))
 
     def update(self, seqs: list) -> tuple[list[dict], list[Any]]:
         """PPO epochs x mini-batches optimiser updates on this step's sequences, then one
@@ -214,19 +240,20 @@ class Trainer:
 
     def train_step(self, bar: Any) -> None:
         acc, cfg = self.accelerator, self.cfg
-        t0 = time.perf_counter()
-        batch = self.rollout()
-        t1 = time.perf_counter()
+        timer = PhaseTimer()
+        with timer("rollout"):
+            batch = self.rollout(timer)  # sample, score, advantages, weights, teacher targets
         lr = self.scheduler.get_last_lr()[0]  # the rate this step's updates used
-        metrics, updates = self.update(batch.sequences)
-        t2 = time.perf_counter()
+        with timer("update"):
+            metrics, updates = self.update(batch.sequences)
         self.step += 1
         skipped = sum(not u.stepped for u in updates)
         self.skipped += skipped
         self.nonfinite_run = self.nonfinite_run + 1 if skipped else 0
         loss, norm = sum(u.loss for u in updates) / len(updates), max(u.grad_norm for u in updates)
         record = StepMetrics.build(acc, self.step, batch, metrics, updates=len(updates), grad_norm=norm, lr=lr,
-                                   skipped=self.skipped, time_rollout=t1 - t0, time_update=t2 - t1)
+                                   skipped=self.skipped, time_rollout=timer.seconds.pop("time/rollout"),
+                                   time_update=timer.seconds.pop("time/update"), **timer.seconds)
         self.history.append(record)
         if acc.is_main_process and self.step % cfg.run.logging_steps == 0:
             self.run_folder.log_metrics(record)
@@ -251,6 +278,22 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()  # last: it destroys the process group the collectives above need
         return TrainResult(self.out, lm, self.tokenizer, self.history, self.skipped)
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase of a step, logged as ``time/<phase>``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time/{phase}"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
