@@ -1,5 +1,6 @@
-"""The grader: a table of tricky gradings, the fast paths against plain math-verify, the
-deadline in the main thread and in worker threads, and garbage that must score 0."""
+"""The grader: a table of tricky gradings, multi-part answers, number formats, where the final
+answer is read from, the fast paths against plain math-verify, the deadline in the main thread
+and in worker threads, and garbage that must score 0. Worker processes and load: test_rewards_deadline.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sgpo.rewards import ScoreResult, _spans_equal, equivalent, extract_boxed, score, score_detailed
+from sgpo.rewards import ScoreResult, equivalent, extract_boxed, score, score_detailed
+from sgpo.rewards.matching import quick_equal
+from sgpo.rewards.symbolic import magnitude, parse_span
+from sgpo.rewards.symbolic import spans_equal as _spans_equal
 
 
 def box(s: str) -> str:
@@ -237,3 +241,136 @@ def test_deadline_works_in_a_forked_child() -> None:
             os._exit(0 if ok else 1)  # noqa: B012
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+MULTI_PART = [
+    # gold with several parts: the final group of boxes is pooled and matched one to one
+    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", "\\{1,2,3\\}", 1.0),
+    ("\\boxed{1},\\boxed{2},\\boxed{3}", "{1,2,3}", 1.0),
+    ("\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}", "(2, 2), (6, 2)", 1.0),
+    ("\\boxed{(6, 2)} and \\boxed{(2, 2)}", "(2, 2), (6, 2)", 1.0),  # a set: any order
+    ("\\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}.", "1,-2", 1.0),
+    ("\\boxed{3, 1, 2}", "1, 2, 3", 1.0),  # one box holding the list
+    ("\\boxed{(2, 2)}", "(2, 2), (6, 2)", 0.0),  # a part missing
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}, \\boxed{4}", "1, 2, 3", 0.0),  # an extra candidate
+    ("\\boxed{(2, 6)} and \\boxed{(2, 2)}", "(2, 2), (6, 2)", 0.0),  # tuples inside keep their order
+    ("\\boxed{1} " + "and so on " * 20 + "\\boxed{2}", "1, 2", 0.0),  # far apart: not one final group
+    ("\\boxed{1}\n\nSecond part: \\boxed{2}", "1, 2", 0.0),  # a blank line ends the group
+    # named parts: by name when the candidate names them, else in order
+    ("\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}", "k = 45, n = 2", 1.0),
+    ("\\boxed{n = 2} and \\boxed{k = 45}", "k = 45, n = 2", 1.0),
+    ("\\boxed{45}, \\boxed{2}", "k = 45, n = 2", 1.0),
+    ("\\boxed{2}, \\boxed{45}", "k = 45, n = 2", 0.0),
+    ("\\boxed{n = 45} and \\boxed{k = 2}", "k = 45, n = 2", 0.0),
+    # x_1, x_2 name the roots of one equation: a set, labels or not
+    ("\\boxed{x_2 = 3}, \\boxed{x_1 = -1}", "x_1 = 3, x_2 = -1", 1.0),
+    ("$y_1 = \\boxed{-2(x - 1)^2 + 5}$ and $y_2 = \\boxed{3(x + 2)^2 - 2}$",
+     "y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10", 1.0),
+    ("\\boxed{p=5,q=2;p=7,q=2}", "p = 5, q = 2 \\quad \\text{and} \\quad p = 7, q = 2", 1.0),
+    # a single-part gold keeps last-box-wins: boxing several candidates is not rewarded
+    ("\\boxed{5} or \\boxed{3}", "5", 0.0),
+    ("\\boxed{3} or \\boxed{5}", "3", 0.0),
+    ("\\boxed{1, 2}", "1", 0.0),
+]
+
+
+@pytest.mark.parametrize("completion,gold,expected", MULTI_PART)
+def test_multi_part_answers(completion: str, gold: str, expected: float) -> None:
+    assert score(completion, gold) == expected
+
+
+NUMBER_FORMATS = [
+    ("1 000", "1000", 1.0),  # space as a thousands separator
+    ("1\u2009000", "1000", 1.0),  # thin space
+    ("1\u202f000\u202f000", "1000000", 1.0),  # narrow no-break space
+    ("7,425,000", "7425000", 1.0),
+    ("1000,99", "1000.99", 1.0),  # a decimal comma: the gold is a decimal number
+    ("1.22", "1,22", 1.0),  # ... either way round
+    ("0,5", "0.5", 1.0),
+    ("1,5", "15", 0.0),  # not a decimal comma (the gold is no decimal), nor thousands
+    ("1,2", "1, 2", 1.0),  # a list written without spaces stays a list
+    ("0,111", "0.111", 1.0),  # a leading 0 is never a thousands group
+    ("12 $ and $13", "12\\text{ and }13", 1.0),  # math-mode toggles inside a box
+]
+
+
+@pytest.mark.parametrize("answer,gold,expected", NUMBER_FORMATS)
+def test_number_formats_in_a_box(answer: str, gold: str, expected: float) -> None:
+    assert score(box(answer), gold) == expected
+
+
+def test_final_answer_line_after_the_last_box_wins() -> None:
+    text = ("... $10,200 + \\boxed{255}$ dollars. Final Answer: The final answer is $10,455$. I hope it is correct.")
+    assert score(text, "10455") == 1.0
+    assert score(text, "255") == 0.0
+    # a "final answer" sentence that is prose does not override the box
+    assert score("so \\boxed{5}. The final answer is boxed above.", "5") == 1.0
+    # the box inside the final-answer line is the answer
+    assert score("Final Answer: The final answer is $\\boxed{7}$. I hope it is correct.", "7") == 1.0
+
+
+@pytest.mark.parametrize("completion,gold,expected", [
+    ("Answer: 2x + 3", "2x + 3", 1.0),  # the whole expression, not its first number
+    ("Answer: 2x + 3", "2", 0.0),
+    ("The final answer is 12,000,023. I hope it is correct.", "12000023", 1.0),
+    ("The answer is 5, since x = 2.", "5", 1.0),
+    ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "0.5", 1.0),
+    ("The final answer is \"$12 $ and $13 $\".", "12\\text{ and }13", 1.0),
+    ("Correct answer \\frac{63}{400} but completely missing reasoning content", "\\frac{63}{400}", 0.0),  # no anchor
+    ("Final Answer: The volume of the prism is 120.", "120", 0.0),  # prose after the anchor
+])
+def test_anchored_fallback_reads_the_whole_answer(completion: str, gold: str, expected: float) -> None:
+    assert score(completion, gold) == expected
+
+
+def test_reasoning_inside_think_tags_is_not_the_answer() -> None:
+    assert score("<think> My answer is \\boxed{42} </think> Some other text.", "42") == 0.0
+    assert score("<think> maybe \\boxed{41} </think> So the answer is \\boxed{42}.", "42") == 1.0
+    assert score("<think> Incomplete reasoning \\boxed{42} without closing tag", "42") == 0.0
+
+
+def test_upright_e_is_eulers_number() -> None:
+    """math-verify drops \\mathrm{...} as a unit, so 1 + 1/\\mathrm{e} read as 1."""
+    assert score(box("1 + \\frac{1}{\\mathrm{e}}"), "1 - \\frac{1}{e}") == 0.0
+    assert score(box("1 + \\frac{1}{\\mathrm{e}}"), "1 + e^{-1}") == 1.0
+    assert score(box("1 + \\frac{1}{\\mathrm{e}}"), "1") == 0.0
+
+
+def test_size_guard_knows_small_exponents_are_small() -> None:
+    # the exponent (sqrt(13) - 5) / 6 is about -0.23; the old bound added the bits of 1/6
+    # as if it were 6 and put the cost at 2^25 bits, over the 2^20 limit: refused as too large
+    [expr, _] = parse_span("10^{\\frac{\\sqrt{13}-5}{6}}")
+    assert magnitude(expr)[1] < 2**14
+    result = score_detailed(box("10^{\\frac{\\sqrt{13} - 5}{6}}"), "10^{(\\sqrt{13}-5)/6}")
+    assert result == ScoreResult(1.0, "10^{\\frac{\\sqrt{13} - 5}{6}}", False)
+
+
+def test_size_guard_refuses_huge_products_at_once() -> None:
+    """\\prod_{k=1}^{10^9} k^2 = (10^9!)^2: refused before sympy starts multiplying."""
+    start = time.monotonic()
+    result = score_detailed(box("\\prod_{k=1}^{10^9} k^2"), "2", timeout_s=5.0)
+    assert result.reward == 0.0 and result.timed_out
+    assert time.monotonic() - start < 4.0  # refused, not run into the 5 s deadline
+
+
+NUMBERS = ["0", "1", "-1", "2", "17", "0.5", "0.50", "-0.5", "1.0", "1.5", "\\frac{1}{2}", "\\frac12", "1/2", "\\frac{3}{2}",
+           "\\dfrac{2}{4}", "0.333333", "\\frac{1}{3}", "0.3333333", "0.1234567", "0.1234568", "123456789012345678",
+           "123456789012345679", "1000.99", "\\frac{1}{8}", "0.125", "Monday", "\\text{Monday}", "Tuesday"]
+
+
+def test_quick_path_agrees_with_math_verify_on_every_pair_it_decides() -> None:
+    """Reference: plain math-verify parse + verify. Every pair of NUMBERS that the cheap path
+    decides (it returns None for the rest) must get math-verify's verdict."""
+    from math_verify import parse, verify
+
+    decided = 0
+    for a in NUMBERS:
+        for b in NUMBERS:
+            quick = quick_equal(a, b)
+            if quick is None:
+                continue
+            decided += 1
+            reference = verify(parse("$" + b + "$", parsing_timeout=None), parse("$" + a + "$", parsing_timeout=None),
+                               timeout_seconds=None)
+            assert quick == reference, (a, b)
+    assert decided > 400  # most pairs are decided in-process

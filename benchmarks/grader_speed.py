@@ -1,0 +1,121 @@
+"""Per-call time of the grader: the in-process watchdog grader it replaced (loaded from git
+history) against the current one (cheap path in-process, sympy in worker processes), side by
+side in one run.
+
+    python benchmarks/grader_speed.py [--baseline-rev REV] [--calls N]
+
+Rows: the common path (integer and identically spelt answers, decided without sympy), a
+sympy comparison with a new answer each call (no memo), the same sympy comparison repeated
+(memoised), and eight threads grading new sympy comparisons at once. Also the share of
+gradings the cheap path decides on the procedural demo problems (gold boxed as is, and a
+wrong integer), the rule that keeps sympy out of the caller's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import sgpo.rewards as current  # noqa: E402
+from sgpo.rewards.matching import decide, quick_equal  # noqa: E402
+
+
+def load_baseline(rev: str | None) -> tuple[ModuleType, str]:
+    """sgpo/rewards.py as it was before it became a package (or at ``rev``)."""
+    if rev is None:
+        last = subprocess.run(["git", "rev-list", "-1", "HEAD", "--", "sgpo/rewards.py"], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        rev = f"{last}^"  # the commit that removed the file; its parent still has it
+    source = subprocess.run(["git", "show", f"{rev}:sgpo/rewards.py"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "sgpo_rewards_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("sgpo_rewards_baseline", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module, rev
+
+
+def box(s: str) -> str:
+    return f"Some reasoning... so the answer is \\boxed{{{s}}}."
+
+
+def per_call_us(fn: Callable[[int], object], calls: int) -> float:
+    start = time.perf_counter()
+    for i in range(calls):
+        fn(i)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def threaded_per_call_us(score: Callable[..., float], calls: int, offset: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: score(box(f"\\frac{{\\sqrt{{3}}}}{{{i + offset}}}"), f"\\sqrt{{3}}/{i + offset}"),
+                      range(calls)))
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def cheap_share() -> str:
+    from sgpo.demo.problems import make_problems  # the procedural problems the demo trains on
+
+    golds = [p.answer if hasattr(p, "answer") else p["answer"] for p in make_problems(512, seed=0)]
+    decided = total = 0
+    for gold in golds:
+        for completion in (box(gold), box("123456")):
+            cmp, _ = current._comparison(completion, gold)
+            total += 1
+            decided += cmp is not None and decide(cmp, quick_equal) is not None
+    return f"{decided}/{total} = {decided / total:.1%}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline-rev", default=None, help="git revision holding the old sgpo/rewards.py")
+    parser.add_argument("--calls", type=int, default=3000, help="calls per common-path row")
+    args = parser.parse_args()
+    baseline, rev = load_baseline(args.baseline_rev)
+    graders = {"before": baseline.score, "after": current.score}
+    for score in graders.values():  # imports, warm-up, worker start: not timed
+        score(box("17"), "17")
+        score(box("\\frac{\\sqrt{2}}{2}"), "\\sqrt{2}/2")
+
+    sympy_calls = max(args.calls // 20, 50)
+    rows: list[tuple[str, dict[str, float]]] = []
+    cases: list[tuple[str, int, Callable[[Callable[..., float], int], object]]] = [
+        ("integer answer (common path)", args.calls, lambda s, i: s(box(str(i % 50)), "17")),
+        ("same spelling as the gold (common path)", args.calls, lambda s, i: s(box("\\frac{1}{2}"), "\\frac{1}{2}")),
+        ("sympy comparison, new answer each call", sympy_calls,
+         lambda s, i: s(box(f"\\frac{{\\sqrt{{2}}}}{{{i + 2}}}"), f"\\sqrt{{2}}/{i + 2}")),
+        ("sympy comparison, repeated (memoised)", args.calls,
+         lambda s, i: s(box("\\frac{\\sqrt{2}}{2}"), "\\sqrt{2}/2")),
+    ]
+    for offset, (name, calls, case) in enumerate(cases):
+        # distinct answers per grader (offset), so neither sees the other's memo
+        timings = {label: per_call_us(lambda i, s=s, k=k: case(s, i + 1000 * k * (offset + 1)), calls)
+                   for k, (label, s) in enumerate(graders.items())}
+        rows.append((name, timings))
+    rows.append(("8 threads, sympy comparison, new answers", {
+        label: threaded_per_call_us(s, sympy_calls * 2, 100000 * (k + 1)) for k, (label, s) in enumerate(graders.items())}))
+
+    print(f"baseline: sgpo/rewards.py at {rev}; workers: {current.workers.default_size()}; cpus: {os.cpu_count()}")
+    print("| case | before us/call | after us/call | after / before |")
+    print("|---|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {t['before']:.1f} | {t['after']:.1f} | {t['after'] / t['before']:.2f}x |")
+    print(f"cheap path decides (demo problems: gold boxed as is, a wrong integer): {cheap_share()}")
+
+
+if __name__ == "__main__":
+    main()
