@@ -44,6 +44,7 @@ def load_baseline(rev: str | None) -> tuple[ModuleType, str]:
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("sgpo_rewards_baseline", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look their module up
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module, rev
 
@@ -70,7 +71,7 @@ def threaded_per_call_us(score: Callable[..., float], calls: int, offset: int) -
 def cheap_share() -> str:
     from sgpo.demo.problems import make_problems  # the procedural problems the demo trains on
 
-    golds = [p.answer if hasattr(p, "answer") else p["answer"] for p in make_problems(512, seed=0)]
+    golds = [p["answer"] for p in make_problems(128, seed=0)]
     decided = total = 0
     for gold in golds:
         for completion in (box(gold), box("123456")):

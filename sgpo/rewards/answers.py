@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 GROUP_GAP_CHARS = 80  # boxes at most this far apart (and no blank line between) form one final group
 FINAL_LINE_MAX_CHARS = 120  # an unboxed answer span longer than this is prose, not an answer
@@ -135,6 +136,7 @@ _DOLLAR_RE = re.compile(r"(?<!\\)\$")  # a math-mode toggle inside a box ("\boxe
 _UPRIGHT_CONST_RE = re.compile(r"\\(?:mathrm|operatorname|text)\{\s*([ei])\s*\}")
 
 
+@lru_cache(maxsize=65536)  # gold answers and common candidates repeat across calls
 def normalize(span: str) -> str:
     """Rewrite answer forms math-verify misreads: ``4.5e33`` (read as 4.5*E*33), ``1\\,000``,
     ``1 000`` and ``1,000`` (thousands separators), stray ``$`` inside a box, ``\\text{5 cm}``
@@ -179,8 +181,9 @@ def resolve_decimal_commas(candidate: str, gold: str) -> tuple[str, str]:
 
 _OPEN, _CLOSE = "([{", ")]}"
 # separators of answers written as a list: "; ", " and ", "\text{ or }", "\quad"
-_LIST_SEP_RE = re.compile(r";|\\q?quad(?![A-Za-z])|\\text\{\s*(?:and|or|,)\s*\}|\s(?:and|or)\s")
-_SPACING_RE = re.compile(r"\\q?quad(?![A-Za-z])|\\[,;:! ]|~")
+_LIST_SEP_RE = re.compile(r";|\\q?quad|\\text\{\s*(?:and|or|,)\s*\}|\s(?:and|or)\s")
+_COMMA_RE = re.compile(r",")
+_SPACING_RE = re.compile(r"\\q?quad|\\[,;:! ]|~")
 
 
 def _top_level_split(span: str, sep: re.Pattern[str]) -> list[str]:
@@ -207,29 +210,40 @@ def _top_level_split(span: str, sep: re.Pattern[str]) -> list[str]:
     return parts
 
 
+def _balanced(span: str) -> bool:
+    """Every bracket closed in ``span`` was opened in it (``1}+{2`` is not)."""
+    depth = 0
+    for c in span:
+        depth += (c in _OPEN) - (c in _CLOSE)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def _strip_set_braces(span: str) -> str:
     """``\\{1, 2\\}`` and ``{1,2,3}`` -> ``1, 2`` / ``1,2,3`` when the braces wrap the whole span."""
     for open_, close in (("\\{", "\\}"), ("{", "}")):
         if span.startswith(open_) and span.endswith(close):
             inner = span[len(open_) : -len(close)]
-            if _top_level_split(inner, re.compile(r"\\?\}")) == [inner]:  # the braces pair up
+            if _balanced(inner):
                 return inner.strip()
     return span
 
 
-def split_parts(span: str) -> list[str]:
+@lru_cache(maxsize=65536)
+def split_parts(span: str) -> tuple[str, ...]:
     """The answers listed in one span: ``1, 2, 3``, ``\\{1,2\\}``, ``(2, 2), (6, 2)``,
     ``x = 1 \\text{ or } x = 2``, ``p=5,q=2; p=7,q=2``. List words and semicolons split
     first; only without them do top-level commas split. Brackets keep tuples and intervals
     whole. A thousands-separated number (``1,000``) is one part."""
     s = _strip_set_braces(span.strip())
     if _COMMA_INT_RE.match(s):
-        return [s]
+        return (s,)
     parts = _top_level_split(s, _LIST_SEP_RE)
     if len([p for p in parts if p.strip()]) < 2:
-        parts = _top_level_split(s, re.compile(r","))
+        parts = _top_level_split(s, _COMMA_RE)
     cleaned = [_SPACING_RE.sub(" ", p).strip().strip(",").strip() for p in parts]
-    return [p for p in cleaned if p]
+    return tuple(p for p in cleaned if p)
 
 
 _LABEL_RE = re.compile(r"^([A-Za-z])(?:_\{?(\w+)\}?)?\s*=\s*(.+)$", re.DOTALL)
