@@ -53,19 +53,31 @@ def box(s: str) -> str:
     return f"Some reasoning... so the answer is \\boxed{{{s}}}."
 
 
-def per_call_us(fn: Callable[[int], object], calls: int) -> float:
-    start = time.perf_counter()
-    for i in range(calls):
-        fn(i)
-    return (time.perf_counter() - start) / calls * 1e6
+def per_call_us(fns: dict[str, Callable[[int], object]], calls: int, rounds: int = 3) -> dict[str, float]:
+    """Per-call microseconds of each function, the graders alternating in ``rounds`` chunks
+    so that load from other jobs on the machine falls on both alike."""
+    spent = {label: 0.0 for label in fns}
+    chunk = max(calls // rounds, 1)
+    for r in range(rounds):
+        for label, fn in fns.items():
+            start = time.perf_counter()
+            for i in range(r * chunk, (r + 1) * chunk):
+                fn(i)
+            spent[label] += time.perf_counter() - start
+    return {label: t / (chunk * rounds) * 1e6 for label, t in spent.items()}
 
 
-def threaded_per_call_us(score: Callable[..., float], calls: int, offset: int) -> float:
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda i: score(box(f"\\frac{{\\sqrt{{3}}}}{{{i + offset}}}"), f"\\sqrt{{3}}/{i + offset}"),
-                      range(calls)))
-    return (time.perf_counter() - start) / calls * 1e6
+def threaded_per_call_us(graders: dict[str, Callable[..., float]], calls: int) -> dict[str, float]:
+    """Eight threads grading new sympy comparisons at once."""
+    out = {}
+    for k, (label, score) in enumerate(graders.items()):
+        offset = 100000 * (k + 1)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda i: score(box(f"\\frac{{\\sqrt{{3}}}}{{{i + offset}}}"), f"\\sqrt{{3}}/{i + offset}"),
+                          range(calls)))
+        out[label] = (time.perf_counter() - start) / calls * 1e6
+    return out
 
 
 def cheap_share() -> str:
@@ -104,11 +116,10 @@ def main() -> None:
     ]
     for offset, (name, calls, case) in enumerate(cases):
         # distinct answers per grader (offset), so neither sees the other's memo
-        timings = {label: per_call_us(lambda i, s=s, k=k: case(s, i + 1000 * k * (offset + 1)), calls)
-                   for k, (label, s) in enumerate(graders.items())}
-        rows.append((name, timings))
-    rows.append(("8 threads, sympy comparison, new answers", {
-        label: threaded_per_call_us(s, sympy_calls * 2, 100000 * (k + 1)) for k, (label, s) in enumerate(graders.items())}))
+        fns = {label: (lambda i, s=s, k=k, o=offset: case(s, i + 1000 * k * (o + 1)))
+               for k, (label, s) in enumerate(graders.items())}
+        rows.append((name, per_call_us(fns, calls)))
+    rows.append(("8 threads, sympy comparison, new answers", threaded_per_call_us(graders, sympy_calls * 2)))
 
     print(f"baseline: sgpo/rewards.py at {rev}; workers: {current.workers.default_size()}; cpus: {os.cpu_count()}")
     print("| case | before us/call | after us/call | after / before |")
