@@ -190,7 +190,8 @@ def weights_fingerprint(model: Any) -> str:
     with torch.no_grad():
         for name, p in model.named_parameters():
             flat = p.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, min(flat.numel(), 1024), device=flat.device).long()
+            k = min(flat.numel(), 1024)
+            idx = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)  # exact integer spacing
             h.update(name.encode())
             h.update(flat[idx].float().cpu().numpy().tobytes())
     return "params:" + h.hexdigest()[:16]

@@ -102,3 +102,15 @@ def test_cli_summary_says_how_many_were_reused(tmp_path, tiny_model_dir, capsys)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "0 reused" in out and "3 regenerated" in out
+
+
+def test_fingerprint_of_a_parameter_beyond_float32_index_precision():
+    import torch
+
+    from sgpo.models import weights_fingerprint
+
+    big = torch.nn.Embedding(28_311_552 // 576, 576)  # SmolLM2's embedding size: 2^24 < numel
+    before = weights_fingerprint(big)
+    with torch.no_grad():
+        big.weight[-1, -1] += 1.0  # the last value is sampled
+    assert weights_fingerprint(big) != before
