@@ -4,9 +4,11 @@
   on the same global batch (the token normaliser is global and DDP averaging is undone), for
   a batch mixing every loss role (tests/dist_worker.py drives one accumulation).
 - The command users launch, `accelerate launch --multi_gpu --num_processes 2 -m sgpo.cli
-  train`, on CPU with gloo: the same learning-rate schedule, the same number of optimiser
-  steps and the same parameters after three steps as `python -m sgpo.cli train` in one
-  process, whatever the micro-batch size; and it exits cleanly.
+  train` (DDP) and `accelerate launch --config_file configs/accelerate/fsdp.yaml ...` (FSDP2),
+  on CPU with gloo: the same learning-rate schedule, the same number of optimiser steps and
+  the same parameters after three steps as `python -m sgpo.cli train` in one process,
+  whatever the micro-batch size; and they exit cleanly. (DeepSpeed does not run on this
+  CPU-only machine; its part of the contract is the next test's.)
 - The gradient-accumulation contract with accelerate (what DeepSpeed and FSDP rely on and
   DDP on CPU cannot show): ``sync_gradients`` is False on every micro-batch but the last.
 
@@ -44,13 +46,14 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
 
 
-def _launch(n: int, *args: str) -> list[str]:
-    """`accelerate launch` on CPU with gloo, as a user types it (two processes) or plain python (one)."""
+def _launch(n: int, *args: str, config_file: str = "") -> list[str]:
+    """`accelerate launch` on CPU with gloo, as a user types it (two processes: DDP, or the
+    shipped ``config_file``) or plain python (one)."""
     if n == 1:
         return [sys.executable, "-m", *args]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), "-m", *args]
+    mode = ["--config_file", config_file] if config_file else ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(n),
+            "--mixed_precision", "no", "--main_process_port", str(_free_port()), "-m", *args]
 
 
 @pytest.mark.slow
@@ -95,13 +98,15 @@ def _outcome(out: Path) -> dict:
 @pytest.mark.slow
 def test_cli_train_two_processes_match_one(tiny_model_dir, tmp_path):
     """1 process with one micro-batch per update, 1 process with micro-batches of one
-    sequence, 2 processes with micro-batches of one: identical runs."""
+    sequence, 2 processes (DDP, FSDP) with micro-batches of one: identical runs."""
     from safetensors.torch import load_file
 
     data = _sft_data(tmp_path / "sft.jsonl")
-    runs = {"one": (1, 4), "one_micro": (1, 1), "two_micro": (2, 1)}
-    for name, (procs, mbs) in runs.items():
-        res = _run(_launch(procs, *_train_args(tiny_model_dir, data, tmp_path / name, mbs)), _env())
+    fsdp = str(REPO / "configs" / "accelerate" / "fsdp.yaml")
+    runs = {"one": (1, 4, ""), "one_micro": (1, 1, ""), "two_micro": (2, 1, ""), "fsdp_micro": (2, 1, fsdp)}
+    for name, (procs, mbs, config_file) in runs.items():
+        args = _train_args(tiny_model_dir, data, tmp_path / name, mbs)
+        res = _run(_launch(procs, *args, config_file=config_file), _env())
         assert "3 steps logged" in res.stdout, res.stdout[-2000:]
     got = {name: _outcome(tmp_path / name) for name in runs}
     initial = load_file(tiny_model_dir / "model.safetensors")
@@ -110,7 +115,7 @@ def test_cli_train_two_processes_match_one(tiny_model_dir, tmp_path):
     assert ref["lr"] == pytest.approx([0.0, 5e-4, 1e-3], abs=1e-15)
     assert ref["adam_steps"] == {3.0}  # one optimiser step per training step
     assert any(not torch.equal(ref["params"][k], initial[k]) for k in initial)  # training moved the weights
-    for name in ("one_micro", "two_micro"):
+    for name in ("one_micro", "two_micro", "fsdp_micro"):
         other = got[name]
         assert other["lr"] == ref["lr"], name
         assert other["adam_steps"] == ref["adam_steps"], name

@@ -134,3 +134,21 @@ def test_method_learns_on_gpu_in_bf16(tmp_path, method, tiny_model_dir):
     changed = [n for n, p in res.model.state_dict().items() if not torch.equal(p.float().cpu(), initial[n].bfloat16().float())]
     assert changed, "no parameter updated"
     assert {"sgpo": "loss/distill", "sft": "loss/nll"}[method] in res.history[-1]
+
+
+@pytest.mark.slow
+def test_teacher_initial_is_a_frozen_second_copy_of_the_starting_weights(tmp_path, tiny_model_dir):
+    """`teacher: initial` loads its own copy from the model path (prepared like TRL's reference
+    models; under ZeRO-3 the policy is partitioned and cannot be deep-copied, which the GPU
+    check runs): after training the policy moved and the teacher still holds the start."""
+    from sgpo.trainer.trainer import Trainer
+
+    initial = _state(str(tiny_model_dir))
+    trainer = Trainer(_cfg(tmp_path, "sgpo", tiny_model_dir, "algorithm.teacher=initial", "training.learning_rate=1e-2"),
+                      problems=_problems())
+    res = trainer.train()
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    assert teacher is not res.model and not teacher.training
+    assert all(torch.equal(p, initial[n]) and not p.requires_grad for n, p in teacher.state_dict(keep_vars=True).items())
+    assert any(not torch.equal(p, initial[n]) for n, p in res.model.state_dict().items())
+    assert res.history[-1]["distill/tokens"] > 0
