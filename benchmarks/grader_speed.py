@@ -2,19 +2,23 @@
 history) against the current one (cheap path in-process, sympy in worker processes), side by
 side in one run.
 
-    python benchmarks/grader_speed.py [--baseline-rev REV] [--calls N]
+    python benchmarks/grader_speed.py [--baseline-rev REV] [--calls N] [--answers FILE.jsonl]
 
 Rows: the common path (integer and identically spelt answers, decided without sympy), a
 sympy comparison with a new answer each call (no memo), the same sympy comparison repeated
-(memoised), and eight threads grading new sympy comparisons at once. Also the share of
-gradings the cheap path decides on the procedural demo problems (gold boxed as is, and a
-wrong integer), the rule that keeps sympy out of the caller's process.
+(memoised), and eight threads grading new sympy comparisons at once. With ``--answers`` (a
+JSONL file with an ``answer`` field per line, e.g. a benchmark's gold answers), a realistic
+row too: each gold graded against itself boxed (a correct answer as the gold spells it) and
+against the next line's gold (a wrong answer). Also the share of gradings the cheap path
+decides (the rule that keeps sympy out of the caller's process) and the share of gold
+answers with several parts.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import sgpo.rewards as current  # noqa: E402
+from sgpo.rewards.answers import normalize, split_parts  # noqa: E402
 from sgpo.rewards.matching import decide, quick_equal  # noqa: E402
 
 
@@ -80,23 +85,30 @@ def threaded_per_call_us(graders: dict[str, Callable[..., float]], calls: int) -
     return out
 
 
-def cheap_share() -> str:
+def demo_golds() -> list[str]:
     from sgpo.demo.problems import make_problems  # the procedural problems the demo trains on
 
-    golds = [p["answer"] for p in make_problems(128, seed=0)]
-    decided = total = 0
-    for gold in golds:
-        for completion in (box(gold), box("123456")):
-            cmp, _ = current._comparison(completion, gold)
-            total += 1
-            decided += cmp is not None and decide(cmp, quick_equal) is not None
-    return f"{decided}/{total} = {decided / total:.1%}"
+    return [p["answer"] for p in make_problems(128, seed=0)]
+
+
+def gold_pairs(golds: list[str]) -> list[tuple[str, str]]:
+    """(completion, gold): each gold boxed as is, and the next gold as a wrong answer."""
+    return [(box(g), g) for g in golds] + [(box(golds[(i + 1) % len(golds)]), g) for i, g in enumerate(golds)]
+
+
+def cheap_share(pairs: list[tuple[str, str]]) -> str:
+    decided = 0
+    for completion, gold in pairs:
+        cmp, _ = current._comparison(completion, gold)
+        decided += cmp is None or decide(cmp, quick_equal) is not None
+    return f"{decided}/{len(pairs)} = {decided / len(pairs):.1%}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-rev", default=None, help="git revision holding the old sgpo/rewards.py")
     parser.add_argument("--calls", type=int, default=3000, help="calls per common-path row")
+    parser.add_argument("--answers", default=None, help="JSONL with an 'answer' field per line (a realistic mix)")
     args = parser.parse_args()
     baseline, rev = load_baseline(args.baseline_rev)
     graders = {"before": baseline.score, "after": current.score}
@@ -120,13 +132,23 @@ def main() -> None:
                for k, (label, s) in enumerate(graders.items())}
         rows.append((name, per_call_us(fns, calls)))
     rows.append(("8 threads, sympy comparison, new answers", threaded_per_call_us(graders, sympy_calls * 2)))
+    golds = demo_golds()
+    if args.answers:
+        golds = [str(json.loads(line)["answer"]) for line in Path(args.answers).read_text().splitlines() if line.strip()]
+        pairs = gold_pairs(golds)
+        fns = {label: (lambda i, s=s: s(*pairs[i])) for label, s in graders.items()}
+        rows.append((f"{Path(args.answers).name}: gold as spelt + next gold ({len(pairs)} calls)",
+                     per_call_us(fns, len(pairs), rounds=1)))
 
     print(f"baseline: sgpo/rewards.py at {rev}; workers: {current.workers.default_size()}; cpus: {os.cpu_count()}")
     print("| case | before us/call | after us/call | after / before |")
     print("|---|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t['before']:.1f} | {t['after']:.1f} | {t['after'] / t['before']:.2f}x |")
-    print(f"cheap path decides (demo problems: gold boxed as is, a wrong integer): {cheap_share()}")
+    source = Path(args.answers).name if args.answers else "demo problems"
+    print(f"cheap path decides ({source}: gold as spelt + next gold): {cheap_share(gold_pairs(golds))}")
+    multi = sum(len(split_parts(normalize(g))) > 1 for g in golds)
+    print(f"gold answers with several parts ({source}): {multi}/{len(golds)}")
 
 
 if __name__ == "__main__":
