@@ -181,3 +181,36 @@ def test_grading_after_fork_uses_its_own_workers() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert score(box("x^2 - 9"), "(x-3)(x+3)") == 1.0  # the parent's workers are intact
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads process states from /proc")
+def test_no_grader_process_outlives_a_killed_caller() -> None:
+    """kill -9 of a process that was grading: its zygote and workers see their sockets close
+    and exit, instead of lingering (or keeping a pipe such as the caller's stdout open)."""
+    import subprocess
+    import sys
+
+    code = ("import time; from sgpo.rewards import score, workers\n"
+            "assert score('\\\\boxed{\\\\frac{\\\\sqrt{2}}{2}}', '\\\\frac{1}{\\\\sqrt{2}}') == 1.0\n"
+            "pool = workers.pool(); print(pool._zygote.proc.pid, *[w.pid for w in pool._idle], flush=True)\n"
+            "time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        line = finishes_within(120, proc.stdout.readline)  # type: ignore[union-attr]
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)  # the zygote and one worker
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)

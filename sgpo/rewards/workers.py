@@ -179,10 +179,20 @@ class WorkerPool:
 
     def run(self, cmp: Comparison, cpu_s: float) -> str:
         """TRUE / FALSE, TIMEOUT (CPU deadline, size guard or wall backstop), or ERROR."""
-        worker = self._acquire()
+        for _ in range(2):  # an idle worker that died meanwhile (OOM killer, kill) is replaced once
+            worker = self._acquire()
+            try:
+                worker.conn.send((cmp, cpu_s))
+            except OSError:
+                self._retire(worker)
+                self._release(worker, healthy=False)
+                continue
+            return self._wait(worker, cpu_s)
+        return ERROR
+
+    def _wait(self, worker: _Worker, cpu_s: float) -> str:
         healthy, died = False, False
         try:
-            worker.conn.send((cmp, cpu_s))
             if not worker.conn.poll(cpu_s * WALL_FACTOR + WALL_SLACK_S):
                 return TIMEOUT
             verdict = worker.conn.recv()
@@ -194,12 +204,15 @@ class WorkerPool:
         finally:  # any other exit (KeyboardInterrupt too) leaves a reply in flight: retire it
             if not healthy and not died:
                 self._retire(worker)
-            with self._cond:
-                if healthy:
-                    self._idle.append(worker)
-                else:
-                    self._live -= 1
-                self._cond.notify()
+            self._release(worker, healthy)
+
+    def _release(self, worker: _Worker, healthy: bool) -> None:
+        with self._cond:
+            if healthy:
+                self._idle.append(worker)
+            else:
+                self._live -= 1
+            self._cond.notify()
 
     def _acquire(self) -> _Worker:
         with self._cond:
