@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 
 from sgpo.rewards.matching import Comparison
@@ -79,6 +80,19 @@ def _worker_loop(conn: Connection) -> None:
         conn.send(verdict)
 
 
+def _reap_exiting_children(limit_s: float = 2.0) -> None:
+    """Reap workers that exit as their sockets close, so none is left a zombie (a container's
+    init process may not reap orphans). Busy ones are not waited for beyond ``limit_s``."""
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.01)
+
+
 def zygote_main(fd: int) -> None:
     """Warm up math-verify, then serve requests on the control socket ``fd``: ``spawn`` forks
     a worker and sends back its pid and socket; ``reap PID`` kills and reaps a worker and
@@ -93,8 +107,9 @@ def zygote_main(fd: int) -> None:
         try:
             msg = ctl.recv(64)
         except OSError:
-            return
+            msg = b""
         if not msg:
+            _reap_exiting_children()
             return
         if msg == b"spawn":
             mine, theirs = socket.socketpair()
