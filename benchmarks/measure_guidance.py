@@ -32,7 +32,7 @@ from sgpo.models import load_model, load_tokenizer, smollm2_path  # noqa: E402
 from sgpo.demo.run import DemoSettings  # noqa: E402
 from sgpo.prompts import PromptStyle  # noqa: E402
 from sgpo.rewards import score  # noqa: E402
-from sgpo.strategies.schema import strategy_text  # noqa: E402
+from sgpo.schema import strategy_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

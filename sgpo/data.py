@@ -1,5 +1,6 @@
 """Training problems: loading, validation before anything expensive starts, and the join
-with extracted strategies. A bad row stops the run with the file, row and field."""
+with extracted strategies (read by the caller: the strategies package sits above this
+module). A bad row stops the run with the file, row and field."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sgpo.io import DataError, read_records
-from sgpo.strategies.schema import StrategyError, strategy_text
+from sgpo.schema import StrategyError, strategy_text
 
 
 @dataclass
@@ -76,24 +77,21 @@ def build_problems(records: list[dict], source: str, *, problem_field: str = "pr
     return ProblemSet(problems, source, without)
 
 
-def load_problems(path: str, *, split: str = "train", strategies_path: str = "", max_problems: int = 0,
+def load_problems(path: str, *, split: str = "train", max_problems: int = 0, strategies: dict[str, str] | None = None,
+                  strategies_path: str = "", strategy_file_ids: set[str] | None = None,
                   min_strategy_coverage: float = 0.0, **fields: object) -> ProblemSet:
-    """Read and validate problems, joining ``strategies_path`` by id. With
-    ``min_strategy_coverage`` > 0 (methods that learn from strategies) a strategies file
-    whose ids cover less than that share of the problems, or problems of which less than
-    that share has a strategy, are an error; a partial match above it is a warning."""
+    """Read and validate problems, joining ``strategies`` (id -> text, read from
+    ``strategies_path`` by :func:`sgpo.strategies.store.load_strategies`; every id the file
+    holds in ``strategy_file_ids``) by id. With ``min_strategy_coverage`` > 0 (methods that
+    learn from strategies) a strategies file whose ids cover less than that share of the
+    problems, or problems of which less than that share has a strategy, are an error; a
+    partial match above it is a warning."""
     records = read_records(path, split=split)
     if max_problems:
         records = records[:max_problems]
-    strategies = None
-    if strategies_path:
-        from sgpo.strategies.store import load_strategies, strategy_file_ids
-
-        strategies = load_strategies(strategies_path)
     problems = build_problems(records, str(path), strategies=strategies, **fields)  # type: ignore[arg-type]
     if min_strategy_coverage > 0:
-        file_ids = strategy_file_ids(strategies_path) if strategies_path else None
-        check_strategy_coverage(problems, min_strategy_coverage, strategies_path, file_ids)
+        check_strategy_coverage(problems, min_strategy_coverage, strategies_path, strategy_file_ids)
     return problems
 
 

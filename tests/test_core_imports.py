@@ -1,4 +1,5 @@
-"""The core imports only torch and the standard library (checked in a fresh interpreter)."""
+"""Layering: the core imports only torch and the standard library (checked in a fresh
+interpreter), and every module of every subpackage imports only lower layers (LAYERS)."""
 
 import ast
 import subprocess
@@ -30,3 +31,64 @@ def test_core_sources_import_only_torch_stdlib_and_core():
             for name in names:
                 assert name.split(".")[0] in allowed_roots, f"{path.name} imports {name}"
                 assert not name.startswith("sgpo.") or name.startswith("sgpo.core"), f"{path.name} imports {name}"
+
+
+# Layers, lowest first: a module imports only lower layers and its own unit (a top-level
+# module or a subpackage). The CLI is the top; the demo drives the trainer and evaluation.
+LAYERS = [
+    {"sgpo.core", "sgpo.errors"},
+    {"sgpo.io", "sgpo.schema", "sgpo.prompts", "sgpo.compat", "sgpo.models"},
+    {"sgpo.rewards", "sgpo.data", "sgpo.generation"},
+    {"sgpo.strategies", "sgpo.evaluation"},
+    {"sgpo.trainer"},
+    {"sgpo.demo"},
+    {"sgpo.cli"},
+]
+LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+
+
+def _unit(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def _sgpo_imports(path: Path) -> list[str]:
+    """Every sgpo module ``path`` imports, at module level or inside functions."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [f"{node.module}.{a.name}" for a in node.names] if node.module == "sgpo" else [node.module]
+    return [m for m in out if m == "sgpo" or m.startswith("sgpo.")]
+
+
+def _modules():
+    package = CORE.parent
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
+
+
+def test_every_module_has_a_layer():
+    missing = {_unit(m) for m, _ in _modules()} - set(LAYER) - {"sgpo"}
+    assert not missing, f"add {missing} to LAYERS"
+
+
+def test_dependencies_point_down():
+    bad = []
+    for module, path in _modules():
+        src = _unit(module)
+        for target in _sgpo_imports(path):
+            dst = _unit(target)
+            if dst == src:
+                continue
+            if dst == "sgpo" or LAYER[dst] >= LAYER.get(src, len(LAYERS)):
+                bad.append(f"{module} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_nothing_imports_a_cli_module():
+    """Subcommands are found by name (sgpo.cli.SUBCOMMANDS) and imported with importlib."""
+    bad = [f"{module} imports {t}" for module, path in _modules() for t in _sgpo_imports(path)
+           if (t == "sgpo.cli" or t.endswith(".cli")) and module != t]
+    assert not bad, bad

@@ -11,7 +11,7 @@ import pytest
 from sgpo.demo.problems import (DEFAULT_FAMILIES, FAMILIES, check_no_leak, family_strategy, make_eval_problems,
                                 make_problems, split_of)
 from sgpo.rewards import extract_boxed, score
-from sgpo.strategies.schema import validate_strategy
+from sgpo.schema import validate_strategy
 
 ALL = sorted(FAMILIES)
 # conversion factors written out independently of the generator's table

@@ -7,7 +7,7 @@ import pytest
 from sgpo.strategies.loopback import EXAMPLE_STRATEGY, strategy_reply
 from sgpo.strategies.prompt import (PROMPT_VERSION, extraction_messages, find_json_object, parse_strategy,
                                     repair_latex_escapes)
-from sgpo.strategies.schema import StrategyError
+from sgpo.schema import StrategyError
 
 
 def test_messages_carry_problem_solution_and_answer_warning():

@@ -9,7 +9,7 @@ import pytest
 from sgpo.io import DataError
 from sgpo.strategies.loopback import EXAMPLE_STRATEGY
 from sgpo.strategies.retry import RetryPolicy, parse_retry_after
-from sgpo.strategies.schema import render_strategy, validate_strategy
+from sgpo.schema import render_strategy, validate_strategy
 from sgpo.strategies.store import input_hash, latest_records, load_strategies, record_key
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)

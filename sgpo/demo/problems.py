@@ -5,7 +5,7 @@ benchmarks: a 135M model solves almost none of them and their solutions are hund
 tokens long. These families are short (answers fit in a few dozen generated tokens), come
 with an exact answer, a worked solution (the strong-model response that the SFT and LUFFY
 baselines imitate) and one hand-written strategy per family in the schema of
-:mod:`sgpo.strategies.schema`. Number ranges are difficulty knobs, set by measuring the
+:mod:`sgpo.schema`. Number ranges are difficulty knobs, set by measuring the
 model's autonomous and guided success (``benchmarks/measure_guidance.py``) so that the
 initial success rate is clearly between 0 and 1.
 
@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from sgpo.strategies.schema import validate_strategy
+from sgpo.schema import validate_strategy
 
 Split = Literal["train", "eval"]
 EVAL_SHARE = 0.25  # fraction of each family's instance space reserved for evaluation

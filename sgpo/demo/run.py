@@ -92,7 +92,7 @@ def run_demo(output_dir: str | Path, s: DemoSettings) -> Path:
     from sgpo.demo.problems import make_problems, make_eval_problems
     from sgpo.demo.report import write_report
     from sgpo.models import load_model, load_tokenizer, smollm2_path
-    from sgpo.strategies.schema import strategy_text
+    from sgpo.schema import strategy_text
     from sgpo.trainer.trainer import train
 
     out = Path(output_dir)

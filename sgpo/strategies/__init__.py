@@ -1,6 +1,6 @@
 """Strategies: the structured, reusable descriptions of how to solve a problem that SGPO
 distills. Schema and rendering here; extraction, leak filters and scoring beside it."""
 
-from sgpo.strategies.schema import Strategy, StrategyError, render_strategy, validate_strategy
+from sgpo.schema import Strategy, StrategyError, render_strategy, validate_strategy
 
 __all__ = ["Strategy", "StrategyError", "render_strategy", "validate_strategy"]

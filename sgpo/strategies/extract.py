@@ -23,7 +23,7 @@ from sgpo.io import append_jsonl, exclusive_lock, read_records, repair_jsonl_tai
 from sgpo.strategies.client import TeacherClient, TeacherError, Usage, scrub_error
 from sgpo.strategies.leaks import Equivalence, leak_reasons
 from sgpo.strategies.prompt import PROMPT_VERSION, extraction_messages, parse_strategy
-from sgpo.strategies.schema import Strategy, StrategyError
+from sgpo.schema import Strategy, StrategyError
 from sgpo.strategies.store import FINAL_STATUSES, STATUSES, input_hash, latest_records, record_key
 
 

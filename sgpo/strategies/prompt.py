@@ -13,8 +13,8 @@ import json
 import re
 from typing import Any
 
-from sgpo.strategies.schema import MAX_PLAN_STEPS, MAX_RENDERED_WORDS, MIN_PLAN_STEPS, Strategy, StrategyError
-from sgpo.strategies.schema import validate_strategy
+from sgpo.schema import MAX_PLAN_STEPS, MAX_RENDERED_WORDS, MIN_PLAN_STEPS, Strategy, StrategyError
+from sgpo.schema import validate_strategy
 
 PROMPT_VERSION = "strategy-v1"
 

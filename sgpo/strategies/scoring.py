@@ -26,7 +26,7 @@ from typing import Any
 from sgpo.generation.base import Generator, SamplingConfig
 from sgpo.io import DataError, append_jsonl, repair_jsonl_tail, write_json_atomic
 from sgpo.prompts import messages, render
-from sgpo.strategies.schema import validate_strategy
+from sgpo.schema import validate_strategy
 from sgpo.strategies.store import STATUSES, latest_records, record_key
 
 ANSWER_ONLY_INSTRUCTION = ("Reply with only the final answer within \\boxed{}: no reasoning, no explanation, "

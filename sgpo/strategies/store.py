@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable, Hashable
 
 from sgpo.io import DataError, read_jsonl_tolerant
-from sgpo.strategies.schema import StrategyError, strategy_text
+from sgpo.schema import StrategyError, strategy_text
 
 STATUSES = ("ok", "leaked", "invalid", "failed")
 FINAL_STATUSES = frozenset({"ok", "leaked", "invalid"})  # "failed" is retried on rerun

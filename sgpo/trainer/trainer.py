@@ -37,9 +37,14 @@ class TrainResult:
 
 
 def load_training_problems(cfg: TrainConfig) -> ProblemSet:
+    from sgpo.strategies.store import load_strategies, strategy_file_ids
+
     d = cfg.data
     need_teacher = cfg.algorithm.method in ("sft", "luffy")
-    return load_problems(d.path, split=d.split, strategies_path=d.strategies_path, max_problems=d.max_problems,
+    strategies, ids = (load_strategies(d.strategies_path), strategy_file_ids(d.strategies_path)) \
+        if d.strategies_path else (None, None)
+    return load_problems(d.path, split=d.split, max_problems=d.max_problems, strategies=strategies,
+                         strategies_path=d.strategies_path, strategy_file_ids=ids,
                          problem_field=d.problem_field, answer_field=d.answer_field, strategy_field=d.strategy_field,
                          teacher_response_field=d.teacher_response_field, id_field=d.id_field,
                          need_teacher_response=need_teacher,

@@ -1,6 +1,9 @@
-"""The strategy schema (spec section 1): ``problem_type``, ``key_insight`` (one transferable
+"""The strategy schema: ``problem_type``, ``key_insight`` (one transferable
 sentence), ``plan`` (3-6 abstract imperative steps), ``techniques``, ``pitfalls``, ``check``.
-The rendered text is what goes inside the guided prompt's ``<strategy>`` block."""
+The rendered text is what goes inside the guided prompt's ``<strategy>`` block.
+
+A base module (standard library only): the training data (:mod:`sgpo.data`) validates strategy
+columns with it and the extraction pipeline (:mod:`sgpo.strategies`) writes strategies in it."""
 
 from __future__ import annotations
 
