@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sgpo.rewards import score_detailed
+from sgpo.rewards.answers import normalize, split_parts
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO.parent / "shared" / "data" / "grader-cases" / "public.jsonl"
@@ -51,3 +52,27 @@ def test_agreement_with_public_grader_cases(cases: list[dict]) -> None:
     print("\n" + report)
     assert not false_positives, f"unboxed false positives: {false_positives}"
     assert rate >= 0.97, report
+
+
+BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
+
+
+@pytest.mark.parametrize("name", ["math500", "olympiadbench", "minerva", "amc23", "aime24"])
+def test_every_benchmark_gold_grades_itself(name: str) -> None:
+    """Each gold answer, boxed as it is spelt, scores 1; a gold with several parts also
+    scores 1 with its parts boxed one by one in reverse order (the splitter on real golds:
+    7 of MATH-500's, 93 of OlympiadBench's have several parts)."""
+    path = BENCHMARKS / f"{name}.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    failures = []
+    for line in path.read_text().splitlines():
+        gold = str(json.loads(line)["answer"])
+        if score_detailed(f"So \\boxed{{{gold}}}.", gold).reward != 1.0:
+            failures.append(gold)
+        parts = split_parts(normalize(gold))
+        if len(parts) > 1:
+            boxed = " and ".join(f"\\boxed{{{p}}}" for p in reversed(parts))
+            if score_detailed(boxed, gold).reward != 1.0:
+                failures.append(f"parts of {gold}")
+    assert not failures, failures[:10]

@@ -19,6 +19,8 @@ Grading is math-verify's symbolic comparison, with these things added around it:
   time. Everything else goes to **worker processes killed at a CPU-time deadline**
   (:mod:`sgpo.rewards.workers`), so no grading can hang the caller or depend much on machine
   load. Verdicts are memoised, since G rollouts of one problem often give the same answer.
+  Each process grading has up to ``SGPO_GRADER_WORKERS`` workers (default min(4, CPUs)),
+  started on first need.
 
 Known limitations (documented by tests): degrees vs radians are not equated
 (``60^\\circ`` != ``\\frac{\\pi}{3}``); decimals are compared after rounding to 6 places as
