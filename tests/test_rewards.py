@@ -20,6 +20,12 @@ def box(s: str) -> str:
     return f"Some reasoning... so the answer is \\boxed{{{s}}}."
 
 
+@pytest.fixture(scope="module", autouse=True)
+def grader_workers_started() -> None:
+    """Start the worker processes (a second or two) before any test times a grading."""
+    assert score(box("x \\cdot x"), "x^2") == 1.0
+
+
 # (model answer inside the last box, gold answer, expected reward)
 GRADING_TABLE = [
     # fractions, decimals and LaTeX fraction spellings
@@ -150,6 +156,15 @@ def test_garbage_scores_zero_without_raising(completion: str) -> None:
     start = time.monotonic()
     result = score_detailed(completion, "5", timeout_s=2.0)
     assert result.reward == 0.0
+    assert time.monotonic() - start < 2.5
+
+
+@pytest.mark.parametrize("completion", ["\\boxed{1} " * 30_000, "\\boxed{1}," * 30_000 + "\\boxed{" + "2," * 30_000 + "}",
+                                        "\\boxed{" + ", ".join(["(1, 2)"] * 30_000) + "}"])
+def test_many_boxes_and_parts_against_a_multi_part_gold_stay_fast(completion: str) -> None:
+    """Adversarial completions (hundreds of KB) against a gold with several parts: linear work."""
+    start = time.monotonic()
+    assert score_detailed(completion, "1, 2", timeout_s=2.0).reward == 0.0
     assert time.monotonic() - start < 2.5
 
 

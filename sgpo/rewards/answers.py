@@ -66,13 +66,13 @@ def final_group(text: str, boxes: list[Box]) -> list[Box]:
     """The last box and the boxes chained to it by short connecting text ("\\boxed{1} and
     \\boxed{2}", "\\boxed{(1, 2)}, \\boxed{(2, 1)}"): at most GROUP_GAP_CHARS characters and no
     blank line between neighbours. Used only when the gold answer has several parts."""
-    group = boxes[-1:]
+    group = boxes[-1:]  # built backwards
     for b in reversed(boxes[:-1]):
-        gap = text[b.end : group[0].start]
+        gap = text[b.end : group[-1].start]
         if len(gap) > GROUP_GAP_CHARS or re.search(r"\n\s*\n", gap):
             break
-        group.insert(0, b)
-    return group
+        group.append(b)
+    return group[::-1]
 
 
 def strip_reasoning(text: str) -> str:
@@ -136,12 +136,19 @@ _DOLLAR_RE = re.compile(r"(?<!\\)\$")  # a math-mode toggle inside a box ("\boxe
 _UPRIGHT_CONST_RE = re.compile(r"\\(?:mathrm|operatorname|text)\{\s*([ei])\s*\}")
 
 
-@lru_cache(maxsize=65536)  # gold answers and common candidates repeat across calls
+CACHED_SPAN_CHARS = 1000  # spans up to this long are memoised (gold answers and common candidates repeat)
+
+
 def normalize(span: str) -> str:
     """Rewrite answer forms math-verify misreads: ``4.5e33`` (read as 4.5*E*33), ``1\\,000``,
     ``1 000`` and ``1,000`` (thousands separators), stray ``$`` inside a box, ``\\text{5 cm}``
     and ``18 dollars`` (a number with trailing words), ``\\mathrm{e}`` (Euler's number,
     otherwise dropped as a unit)."""
+    return _normalize(span) if len(span) <= CACHED_SPAN_CHARS else _normalize.__wrapped__(span)
+
+
+@lru_cache(maxsize=65536)
+def _normalize(span: str) -> str:
     s = _DOLLAR_RE.sub("", span).strip().rstrip(".").strip()
     s = _THIN_SEP_RE.sub("", s)
     if _SPACED_INT_RE.match(s) or _COMMA_INT_RE.match(s):
@@ -230,12 +237,16 @@ def _strip_set_braces(span: str) -> str:
     return span
 
 
-@lru_cache(maxsize=65536)
 def split_parts(span: str) -> tuple[str, ...]:
     """The answers listed in one span: ``1, 2, 3``, ``\\{1,2\\}``, ``(2, 2), (6, 2)``,
     ``x = 1 \\text{ or } x = 2``, ``p=5,q=2; p=7,q=2``. List words and semicolons split
     first; only without them do top-level commas split. Brackets keep tuples and intervals
     whole. A thousands-separated number (``1,000``) is one part."""
+    return _split_parts(span) if len(span) <= CACHED_SPAN_CHARS else _split_parts.__wrapped__(span)
+
+
+@lru_cache(maxsize=65536)
+def _split_parts(span: str) -> tuple[str, ...]:
     s = _strip_set_braces(span.strip())
     if _COMMA_INT_RE.match(s):
         return (s,)
