@@ -51,7 +51,7 @@ def render(tokenizer: Any, msgs: list[dict[str, str]]) -> str:
 @dataclass(frozen=True)
 class PromptStyle:
     """How problems are turned into chat prompts; training and evaluation of one model must
-    share it. The defaults are the spec's: no system prompt, the ``\\boxed{}`` instruction, no
+    share it. The defaults: no system prompt, the ``\\boxed{}`` instruction, no
     few-shot examples."""
 
     system: str | None = None

@@ -14,7 +14,7 @@ from typing import Any
 from sgpo.generation import SamplingConfig
 from sgpo.prompts import PromptStyle
 
-# A 135M model rambles under the spec's "reason step by step" instruction and rarely boxes an
+# A 135M model rambles under the default "reason step by step" instruction and rarely boxes an
 # answer within ~100 tokens. A short format instruction plus one worked exchange (its numbers
 # outside every family's range, so it answers no demo problem) lifts its measured unguided
 # success on the default families from 5-11% to 23% (benchmarks/measure_guidance.py).
@@ -39,7 +39,7 @@ class DemoSettings:
     group_guided: int = 2
     max_new_tokens: int = 48  # with the few-shot format most answers end well before this
     learning_rate: float = 3e-5
-    # 0.7, not the spec's 1.0: at 1.0 SmolLM2-135M's samples are mostly noise (measured p_a = 0)
+    # 0.7, not the default 1.0: at 1.0 SmolLM2-135M's samples are mostly noise (measured p_a = 0)
     train_temperature: float = 0.7
     eval_temperature: float = 0.6
     top_k: int = 32

@@ -1,7 +1,7 @@
 """Where evaluation problems come from: the six built-in benchmark names (a local
 normalised JSONL, or a public Hugging Face copy for users with a network), or any JSONL /
 Parquet file with a problem and an answer column. Also the default number of samples per
-benchmark, following the evaluation protocol of this line of work (spec section 4).
+benchmark, following the evaluation protocol of this line of work (docs/algorithm.md).
 """
 
 from __future__ import annotations

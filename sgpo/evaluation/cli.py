@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     p.add_argument("--dtype", default="auto", help="model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     p.add_argument("--train-config", metavar="PATH",
                    help="a training run's config.json (or its YAML): evaluate with the prompt format it trained "
-                        "with (data.system_prompt, data.instruction, data.fewshot); default: the spec's prompt")
+                        "with (data.system_prompt, data.instruction, data.fewshot); default: the plain \\boxed{} prompt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 

@@ -175,7 +175,7 @@ def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], nam
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Everything ``sgpo eval`` needs; defaults follow the spec's evaluation protocol."""
+    """Everything ``sgpo eval`` needs; defaults follow the evaluation protocol in docs/algorithm.md."""
 
     model: str  # local folder, Hub id or the smollm2-135m-instruct alias
     benchmarks: tuple[str, ...]  # built-in names or JSONL/Parquet paths
@@ -224,8 +224,8 @@ class EvalConfig:
 
 
 def prompt_style(train_config: str | None) -> PromptStyle:
-    """The prompt format recorded in a training config (its ``data`` section), or the spec's
-    default. Read as plain YAML/JSON so evaluation does not depend on the trainer."""
+    """The prompt format recorded in a training config (its ``data`` section), or the default
+    one. Read as plain YAML/JSON so evaluation does not depend on the trainer."""
     if not train_config:
         return PromptStyle()
     import yaml

@@ -1,4 +1,4 @@
-"""The extraction driver (spec section 1): problem + gold answer + strong-model solution in,
+"""The extraction driver: problem + gold answer + strong-model solution in,
 one strategy record per problem out, through any :class:`TeacherClient`.
 
 Every input problem ends with exactly one current record (ok | leaked | invalid | failed),

@@ -1,4 +1,4 @@
-"""Answer-leak filters for strategies (spec section 1): a strategy that gives the answer away
+"""Answer-leak filters for strategies: a strategy that gives the answer away
 teaches the policy to copy it, so the guided teacher would be distilling the answer rather
 than how to reason. Cheapest filter first:
 

@@ -47,7 +47,8 @@ def method_uses_guidance(method: str) -> bool:
     return method in GUIDED_METHODS
 
 
-def _local(values: list) -> list:
+def local_gather(values: list) -> list:
+    """gather() of a single process: the list itself."""
     return values
 
 
@@ -66,7 +67,7 @@ class StepContext:
     chunk_size: int  # tokens per LM-head chunk
     style: PromptStyle = field(default_factory=PromptStyle)
     # concatenates a list over all processes in rank order (identity on one process)
-    gather: Callable[[list], list] = _local
+    gather: Callable[[list], list] = local_gather
 
 
 @dataclass

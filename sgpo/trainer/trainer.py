@@ -174,7 +174,7 @@ class Trainer:
 
     def _context(self, lm: Any, initial: Any) -> StepContext:
         acc, system = self.accelerator, self.cfg.system
-        gather = methods._local
+        gather = methods.local_gather
         if acc.num_processes > 1:
             from accelerate.utils import gather_object as gather
         teacher = initial if initial is not None else lm  # algorithm.teacher: initial | rollout
