@@ -7,8 +7,12 @@
   train` (DDP) and `accelerate launch --config_file configs/accelerate/fsdp.yaml ...` (FSDP2),
   on CPU with gloo: the same learning-rate schedule, the same number of optimiser steps and
   the same parameters after three steps as `python -m sgpo.cli train` in one process,
-  whatever the micro-batch size; and they exit cleanly. (DeepSpeed does not run on this
-  CPU-only machine; its part of the contract is the next test's.)
+  whatever the micro-batch size; and they exit cleanly.
+- DeepSpeed ZeRO-3 (configs/accelerate/zero3.yaml) runs on CPU in one process: with four
+  micro-batches per update the engine still steps once per update (three Adam steps, the
+  same weights), and ``teacher: initial`` gets its own engine instead of a deep copy of the
+  partitioned policy. (With two processes on CPU accelerate 1.15 reports one process under
+  DeepSpeed, so the multi-process ZeRO-3 comparison runs in the GPU check.)
 - The gradient-accumulation contract with accelerate (what DeepSpeed and FSDP rely on and
   DDP on CPU cannot show): ``sync_gradients`` is False on every micro-batch but the last.
 
@@ -76,21 +80,30 @@ def _sft_data(path: Path) -> Path:
     return path
 
 
-def _train_args(model: Path, data: Path, out: Path, micro_batch_size: int) -> list[str]:
-    sets = ["algorithm.method=sft", f"data.path={data}", f"model.name_or_path={model}", "model.dtype=float64",
+def _train_args(model: Path, data: Path, out: Path, micro_batch_size: int, dtype: str = "float64") -> list[str]:
+    sets = ["algorithm.method=sft", f"data.path={data}", f"model.name_or_path={model}", f"model.dtype={dtype}",
             "training.max_steps=3", "training.prompts_per_step=4", "training.learning_rate=1e-3",
             "training.warmup_steps=2", f"system.micro_batch_size={micro_batch_size}", "training.max_grad_norm=1.0",
             "run.save_steps=0", "run.progress=false", "run.save_total_limit=1"]
     return ["sgpo.cli", "train", "--output-dir", str(out), "--no-resume", *[a for s in sets for a in ("--set", s)]]
 
 
+def _adam_steps(out: Path) -> set[float]:
+    """Adam's step count in the last checkpoint: accelerate's optimizer.bin, or DeepSpeed's
+    ZeRO optimizer states."""
+    files = sorted(out.glob("checkpoint-*/optimizer*.bin")) or sorted(out.glob("checkpoint-*/*/*optim_states.pt"))
+    assert len(files) == 1, list(out.glob("checkpoint-*/**"))
+    state = torch.load(files[0], weights_only=False)
+    if "optimizer_state_dict" in state:  # ZeRO: {"optimizer_state_dict": {"optimizer_state_dict": {...}}}
+        state = state["optimizer_state_dict"]["optimizer_state_dict"]
+    return {float(s["step"]) for s in state["state"].values()}
+
+
 def _outcome(out: Path) -> dict:
     from safetensors.torch import load_file
 
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    optim = [torch.load(p, weights_only=False) for p in sorted(out.glob("checkpoint-*/optimizer*.bin"))]
-    assert len(optim) == 1, list(out.glob("checkpoint-*/*"))
-    adam_steps = {float(s["step"]) for s in optim[0]["state"].values()}
+    adam_steps = _adam_steps(out)
     return {"lr": [x["lr"] for x in lines], "loss": [x["loss"] for x in lines], "adam_steps": adam_steps,
             "params": load_file(out / "final" / "model.safetensors")}
 
@@ -154,3 +167,54 @@ def test_accumulation_sets_sync_gradients_on_the_last_micro_batch_only(tiny_mode
                          normalizer="all")
     assert seen == [False, False, True]
     assert acc.sync_gradients  # restored for code outside the update
+
+
+def _deepspeed_env() -> dict:
+    # DeepSpeed on CPU: its CPU accelerator, gloo; accelerate must not be told "cpu" (that
+    # switches DeepSpeed off)
+    env = {k: v for k, v in _env().items() if k != "ACCELERATE_USE_CPU"}
+    return {**env, "DS_ACCELERATOR": "cpu", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+
+
+def _zero3(*args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO / "configs" / "accelerate" / "zero3.yaml"), "--num_processes", "1", "--mixed_precision", "no",
+            "--main_process_port", str(_free_port()), "-m", *args]
+
+
+@pytest.mark.slow
+def test_cli_train_zero3_steps_once_per_update(tiny_model_dir, tmp_path):
+    """ZeRO-3 with micro-batches of one sequence (four per update) trains exactly like one
+    plain process with the whole update in one micro-batch. Before the fix the engine stepped
+    at every micro-batch: 12 Adam steps instead of 3, weights 4.7e-3 away."""
+    pytest.importorskip("deepspeed")
+    data = _sft_data(tmp_path / "sft.jsonl")
+    _run(_launch(1, *_train_args(tiny_model_dir, data, tmp_path / "one", 4, dtype="float32")), _env())
+    _run(_zero3(*_train_args(tiny_model_dir, data, tmp_path / "zero3", 1, dtype="float32")), _deepspeed_env())
+    ref, z3 = _outcome(tmp_path / "one"), _outcome(tmp_path / "zero3")
+    assert z3["adam_steps"] == ref["adam_steps"] == {3.0}
+    assert z3["lr"] == ref["lr"] == pytest.approx([0.0, 5e-4, 1e-3], abs=1e-15)
+    # float32 (DeepSpeed keeps fp32 master weights in flat buffers and reduces in its own
+    # order): measured 6e-8 apart; one extra Adam step moves weights by ~lr = 1e-3
+    for k, v in ref["params"].items():
+        torch.testing.assert_close(z3["params"][k], v, rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_teacher_initial_under_zero3(tiny_model_dir, tmp_path):
+    """`teacher: initial` under ZeRO-3: a deep copy of the partitioned policy failed
+    ('Parameter' object has no attribute 'ds_status'); the teacher is now loaded from the
+    model path and prepared as its own inference engine."""
+    pytest.importorskip("deepspeed")
+    data = tmp_path / "rl.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "problem": f"What is {i} + 2?", "answer": str(i + 2),
+                                        "strategy": "Add the ones digits first."}) + "\n" for i in range(4)))
+    sets = ["algorithm.method=sgpo", f"data.path={data}", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
+            "training.max_steps=2", "training.prompts_per_step=2", "algorithm.group_auto=2", "algorithm.group_guided=2",
+            "algorithm.max_new_tokens=8", "algorithm.distill_on=all", "algorithm.weight_mode=constant",
+            "algorithm.teacher=initial", "run.save_steps=0", "run.progress=false"]
+    out = tmp_path / "sgpo"
+    _run(_zero3("sgpo.cli", "train", "--output-dir", str(out), *[a for x in sets for a in ("--set", x)]),
+         _deepspeed_env())
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(x["distill/tokens"] > 0 and x["skipped"] == 0 for x in lines)

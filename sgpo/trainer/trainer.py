@@ -95,8 +95,11 @@ class Trainer:
         from transformers import get_scheduler
 
         scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
-        if is_deepspeed(self.accelerator):  # the engine clips at its step: give it the run's norm
-            self.accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = t.max_grad_norm
+        if is_deepspeed(self.accelerator):  # no dataloader to read sizes from; the engine clips at its step
+            mbs = cfg.system.micro_batch_size  # (DeepSpeed only checks these; sgpo sizes its own updates)
+            self.accelerator.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=mbs, train_batch_size=mbs * self.accelerator.num_processes,
+                gradient_accumulation_steps=1, gradient_clipping=t.max_grad_norm)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(
             PolicyLoss(lm, cfg.loss, temperature=cfg.algorithm.temperature, chunk_size=cfg.system.chunk_size),
             optimizer, scheduler)
