@@ -128,7 +128,7 @@ def main() -> None:
                                "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                                "ranges": {f: {**FAMILIES[f].ranges, **ranges.get(f, {})} for f in args.families},
                                "by_temperature": {}}
-    style = DemoSettings().style if args.style == "demo" else PromptStyle()
+    style = DemoSettings.for_model("smollm2").style if args.style == "demo" else PromptStyle()
     for temp in args.temperatures:
         start = time.perf_counter()
         table = measure(generator, tokenizer, problems, args.samples, temp, args.max_new_tokens, args.seed, args.show,

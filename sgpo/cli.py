@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "sgpo.evaluation.cli",
     "report": "sgpo.evaluation.cli",
     "demo": "sgpo.demo.cli",
+    "world": "sgpo.world.cli",
 }
 
 

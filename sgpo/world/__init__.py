@@ -1,0 +1,7 @@
+"""The strategy world: a small synthetic task family and a small model pre-trained from
+scratch on it, where SGPO's premise holds by construction (the model follows a strategy when
+given one but must guess the procedure without it). It is a data and model source like any
+other: a model folder (``strategy-world`` alias in :mod:`sgpo.models`) and problem files in
+the format :func:`sgpo.data.load_problems` reads (``sgpo world prepare``). Modules:
+:mod:`~sgpo.world.tasks` (problems, procedures, strategies), :mod:`~sgpo.world.tokenizer`,
+:mod:`~sgpo.world.pretrain` (supervised pre-training and its cache)."""

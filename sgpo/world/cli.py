@@ -1,0 +1,47 @@
+"""`sgpo world prepare`: pre-train (or find in the cache) the strategy world's model and write
+its problem files, so `sgpo train` and `sgpo eval` use them like any model and data set."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+SIZES = {"train": 256, "heldout": 64, "combos": 64}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("world", help="the strategy world: a small model and problems where strategies help")
+    wsub = p.add_subparsers(dest="world_command", metavar="ACTION")
+    wsub.required = True
+    prep = wsub.add_parser("prepare", help="pre-train the world model (cached) and write its problem files")
+    prep.add_argument("--output-dir", default="data/world", help="where train/heldout/combos.jsonl go")
+    prep.add_argument("--seed", type=int, default=0, help="which problems are drawn (default: 0)")
+    for split, n in SIZES.items():
+        prep.add_argument(f"--{split}", type=int, default=n, help=f"{split} problems (default: {n})")
+    prep.set_defaults(func=prepare)
+
+
+def write_problem_files(output_dir: str, seed: int, sizes: dict[str, int]) -> dict[str, str]:
+    from pathlib import Path
+
+    from sgpo.io import write_jsonl
+    from sgpo.world.tasks import WorldSpec, make_problems
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, n in sizes.items():
+        paths[split] = str(out / f"{split}.jsonl")
+        write_jsonl(paths[split], make_problems(WorldSpec(), n, seed=seed, split=split))  # type: ignore[arg-type]
+    return paths
+
+
+def prepare(args: argparse.Namespace) -> int:
+    from sgpo.world.pretrain import world_model_path
+
+    model = world_model_path()
+    paths = write_problem_files(args.output_dir, args.seed, {s: getattr(args, s) for s in SIZES})
+    print(f"model: {model}  (also reachable as model.name_or_path: strategy-world)")
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0

@@ -1,0 +1,204 @@
+"""The strategy world's task family: a problem is a keyword, a noun and a few digits; it is
+solved by one of several procedures (reorder the digits, then add a shift to each digit,
+mod 10), and the strategy names the procedure and its key step.
+
+Why this exists: SGPO's premise is a strategy the policy can follow when told but cannot find
+alone. The real small model available on CPU cannot use a strategy at all, so this world
+builds the premise in:
+
+* In the RL world the keyword decides the procedure (a fixed map, :meth:`WorldSpec.rl_method`);
+  the noun is decoration.
+* The pre-training data pairs every surface with a *random* procedure, so the pre-trained
+  model has no prior over which procedure a keyword calls for: unguided, it guesses (low p_a).
+  Guided pre-training examples carry the procedure in the ``<strategy>`` block, so with the
+  strategy in the prompt it executes the right one (high p_g).
+* Held-out *combinations*: for every keyword one noun never occurs in RL training problems;
+  evaluating on those pairs measures whether what RL learned is the keyword -> procedure map,
+  not a property of the surfaces it trained on.
+
+Everything here is plain Python (no torch); answers are digit strings graded by
+:func:`sgpo.rewards.score` from the ``\\boxed{}`` the worked solutions end with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Split = Literal["train", "heldout", "combos"]
+SPLITS: tuple[Split, ...] = ("train", "heldout", "combos")
+
+ORDERS = ("keep", "reverse", "rotate")  # how the digits are reordered before the shift
+ORDER_TEXT = {"keep": "keep the digits in order", "reverse": "reverse the digits",
+              "rotate": "move the first digit to the end"}
+
+
+# one word per procedure, so choosing a procedure is choosing one token
+METHOD_NAMES = ("ash", "bay", "cog", "dew", "elm", "fig", "gum", "hut", "ink", "jam", "lox", "mop", "nib", "oat",
+                "pod", "rye", "sap", "tar", "urn", "vat", "wax", "yew", "zen", "awl", "bog", "cud", "den")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One procedure: reorder the digits, then add ``shift`` to each digit mod 10. ``word`` is
+    its one-word name."""
+
+    order: str
+    shift: int
+    word: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.word} {self.order} add {self.shift}".strip()
+
+    def reorder(self, digits: tuple[int, ...]) -> tuple[int, ...]:
+        if self.order == "keep":
+            return digits
+        if self.order == "reverse":
+            return digits[::-1]
+        if self.order == "rotate":
+            return digits[1:] + digits[:1]
+        raise ValueError(f"unknown order {self.order!r}")
+
+    def apply(self, digits: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple((d + self.shift) % 10 for d in self.reorder(digits))
+
+    def strategy(self) -> str:
+        """The strategy text: the procedure and its key step (the shift), never a digit of the input."""
+        return f"Method {self.word} : {ORDER_TEXT[self.order]} , then add {self.shift} to each digit mod 10 ."
+
+    def solution(self, keyword: str, digits: tuple[int, ...]) -> str:
+        """The worked solution the model is trained to write. It opens by restating the keyword and
+        then names the procedure (its word, then its steps): the procedure's word is predicted with
+        the keyword as the current input token, so a keyword -> procedure map is one step from the
+        input (what RL and distillation must learn)."""
+        mid, out = self.reorder(digits), self.apply(digits)
+        return f"{keyword} {self.name} : {_spaced(mid)} -> {_spaced(out)} . \\boxed{{{''.join(map(str, out))}}}"
+
+
+def _spaced(digits: tuple[int, ...]) -> str:
+    return " ".join(map(str, digits))
+
+
+def answer_of(digits: tuple[int, ...]) -> str:
+    return "".join(map(str, digits))
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Everything that defines the world's tasks. Part of the pre-trained model's cache key."""
+
+    n_digits: int = 3
+    shifts: tuple[int, ...] = (1, 2, 3, 4, 5)
+    orders: tuple[str, ...] = ORDERS
+    keywords: tuple[str, ...] = ("zap", "mip", "dov", "kel", "rux", "tob")
+    nouns: tuple[str, ...] = ("card", "code", "tag", "lock")
+    heldout_share: float = 0.25  # fraction of digit tuples reserved for evaluation
+    map_seed: int = 0  # which procedure each keyword calls for in the RL world (not a run seed)
+    # share of pre-training examples that are guided (strategy in the prompt)
+    guided_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if len(self.keywords) > len(self.methods):
+            raise ValueError(f"{len(self.keywords)} keywords but only {len(self.methods)} procedures")
+        if len(self.nouns) < 2:
+            raise ValueError("need at least two nouns (one per keyword is held out)")
+        if self.n_digits > 10 or not 1 <= len(set(self.shifts)) == len(self.shifts) <= 9:
+            raise ValueError("n_digits <= 10 and 1-9 distinct shifts in 1..9 required")
+        if len(self.orders) * len(self.shifts) > len(METHOD_NAMES):
+            raise ValueError(f"at most {len(METHOD_NAMES)} procedures (one name each)")
+
+    @property
+    def methods(self) -> list[Method]:
+        pairs = [(o, s) for o in self.orders for s in self.shifts]
+        return [Method(o, s, w) for (o, s), w in zip(pairs, METHOD_NAMES)]
+
+    def rl_method(self, keyword: str) -> Method:
+        """The procedure ``keyword`` calls for in the RL world: a fixed draw of distinct methods."""
+        methods = self.methods
+        random.Random(f"sgpo-world-map:{self.map_seed}").shuffle(methods)
+        return methods[self.keywords.index(keyword)]
+
+    def heldout_noun(self, keyword: str) -> str:
+        """The noun that never appears with ``keyword`` in RL training (a Latin-square pattern,
+        so every noun is held out for some keyword)."""
+        return self.nouns[self.keywords.index(keyword) % len(self.nouns)]
+
+    def digit_split(self, digits: tuple[int, ...]) -> Literal["train", "heldout"]:
+        """Fixed hash split of digit tuples: held-out problems never share digits with training ones."""
+        h = int.from_bytes(hashlib.sha256(f"world-digits:{answer_of(digits)}".encode()).digest()[:8], "big")
+        return "heldout" if h / 2**64 < self.heldout_share else "train"
+
+    def all_digits(self) -> list[tuple[int, ...]]:
+        """Digit tuples with distinct digits 1-9: every procedure then gives a different answer."""
+        return list(itertools.permutations(range(1, 10), self.n_digits))
+
+    def combos(self, split: Split) -> list[tuple[str, str]]:
+        """(keyword, noun) pairs of a split: ``combos`` holds each keyword's held-out noun."""
+        pairs = [(k, n) for k in self.keywords for n in self.nouns]
+        if split == "combos":
+            return [(k, n) for k, n in pairs if n == self.heldout_noun(k)]
+        return [(k, n) for k, n in pairs if n != self.heldout_noun(k)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def problem_text(keyword: str, noun: str, digits: tuple[int, ...]) -> str:
+    return f"Apply {keyword} to the {noun} {answer_of(digits)} ."
+
+
+def make_problems(spec: WorldSpec, n: int, seed: int, split: Split = "train") -> list[dict[str, Any]]:
+    """``n`` distinct RL problems of ``split`` (deterministic for ``seed``): ``train`` and
+    ``heldout`` use the training (keyword, noun) pairs on disjoint digit tuples, ``combos`` the
+    held-out pairs on held-out digits. Records carry ``id``, ``problem``, ``answer``,
+    ``strategy`` (plain text), ``teacher_response`` (the worked solution, for SFT/LUFFY) and
+    the world's labels (``keyword``, ``noun``, ``method``, ``split``)."""
+    digit_split = "train" if split == "train" else "heldout"
+    digits = [d for d in spec.all_digits() if spec.digit_split(d) == digit_split]
+    cells = [(k, no, d) for k, no in spec.combos(split) for d in digits]
+    if n > len(cells):
+        raise ValueError(f"split '{split}' has only {len(cells)} distinct problems, asked for {n}")
+    rng = random.Random(f"sgpo-world:{seed}:{split}")
+    out = []
+    for i, (kw, noun, d) in enumerate(rng.sample(cells, n)):
+        m = spec.rl_method(kw)
+        out.append({"id": f"world-{split}-{seed}-{i:05d}", "problem": problem_text(kw, noun, d),
+                    "answer": answer_of(m.apply(d)), "strategy": m.strategy(), "teacher_response": m.solution(kw, d),
+                    "keyword": kw, "noun": noun, "method": m.name, "split": split})
+    return out
+
+
+@dataclass
+class PretrainExample:
+    """One supervised pre-training pair: the problem, the strategy shown (None: unguided) and
+    the response. The procedure is random: shown in the strategy when guided, guessed when not."""
+
+    problem: str
+    strategy: str | None
+    response: str
+    method: str = field(default="")
+
+
+def pretrain_example(spec: WorldSpec, rng: random.Random) -> PretrainExample:
+    kw, noun = rng.choice(spec.keywords), rng.choice(spec.nouns)
+    d = tuple(rng.sample(range(1, 10), spec.n_digits))
+    m = rng.choice(spec.methods)
+    guided = rng.random() < spec.guided_share
+    return PretrainExample(problem_text(kw, noun, d), m.strategy() if guided else None, m.solution(kw, d), m.name)
+
+
+def corpus_texts(spec: WorldSpec) -> list[str]:
+    """Texts that together contain every piece the world writes (for the tokenizer's vocabulary)."""
+    d = tuple(range(1, spec.n_digits + 1))
+    texts = [problem_text(k, n, d) for k in spec.keywords for n in spec.nouns]
+    texts += [m.strategy() for m in spec.methods] + [m.solution(k, d) for m in spec.methods for k in spec.keywords]
+    texts += [" " + " ".join(str(i) for i in range(10)), "".join(str(i) for i in range(10))]
+    return texts
