@@ -11,7 +11,10 @@ from typing import Any
 
 SMOLLM2 = "smollm2-135m-instruct"  # alias accepted wherever a model path is
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # accepted by load_model (float64: exact CPU equivalence tests)
-WORLD = "strategy-world"  # alias: the strategy world's pre-trained model (sgpo.world)
+# Aliases of models built on first use by packages above this module: the builder is named by
+# "module:function" and imported by name (as the CLI finds its subcommands), so this module
+# never imports them.
+BUILT_MODELS = {"strategy-world": "sgpo.world.pretrain:world_model_path"}
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -59,10 +62,11 @@ def resolve_model_path(name_or_path: str) -> str:
     passes through (a local folder or a Hub id)."""
     if name_or_path.lower() in (SMOLLM2, "smollm2"):
         return str(smollm2_path())
-    if name_or_path.lower() == WORLD:
-        from sgpo.world.pretrain import world_model_path
+    if name_or_path.lower() in BUILT_MODELS:
+        import importlib
 
-        return str(world_model_path())
+        module, function = BUILT_MODELS[name_or_path.lower()].split(":")
+        return str(getattr(importlib.import_module(module), function)())
     return name_or_path
 
 
