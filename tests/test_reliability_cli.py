@@ -146,3 +146,21 @@ def test_a_full_disk_stops_training_with_a_message(files, tmp_path):
     assert "checkpoint-1: could not write" in proc.stderr
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     assert not (run / "checkpoint-1").exists()  # the partial checkpoint is removed, not left for resume to trip on
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_eval_and_keeps_finished_records(files, tmp_path):
+    from sgpo.io import read_jsonl_tolerant
+
+    bench = _jsonl(tmp_path / "b.jsonl", [{"id": f"q{i}", "problem": f"{i} + 1?", "answer": str(i + 1)} for i in range(4)])
+    argv = ["eval", "--model", files["model"], "--benchmarks", str(bench), "--num-samples", "1", "--batch-size", "1",
+            "--max-new-tokens", "4", "--no-progress", "--output-dir"]
+    assert main(argv + [str(tmp_path / "probe")]) == 0
+    size = len((tmp_path / "probe" / "records" / "b.jsonl").read_text().splitlines()[0].encode()) + 1
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    script = FULL_DISK_TRAIN.replace("1_000_000, 1_000_000", f"{int(2.5 * size)}, {int(2.5 * size)}")
+    proc = subprocess.run([sys.executable, "-c", script, *argv, str(tmp_path / "out")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "b.jsonl: could not write" in proc.stderr
+    assert len(read_jsonl_tolerant(tmp_path / "out" / "records" / "b.jsonl")) == 2  # finished problems stay readable
