@@ -145,7 +145,7 @@ def run_extract(args: argparse.Namespace) -> int:
     if run["processed"] and run["statuses"]["failed"] == run["processed"]:  # `extract && train` must stop here
         errors = "; ".join(f"{e} ({n}x)" for e, n in run["errors"].items())
         print(f"sgpo extract: no request succeeded: {run['processed']} problems failed ({errors}); nothing was "
-              "extracted", file=sys.stderr)
+              "extracted in this run", file=sys.stderr)
         return 1
     return 0
 
