@@ -42,34 +42,39 @@ def slug(label: str) -> str:
 
 
 def run_one(work: Path, label: str, method: str, extra: list[str], seed: int) -> dict:
+    """Train and evaluate one variant. Folders follow ``sgpo demo --output-dir WORK/seedN``
+    (runs/<name>, eval/<name>, eval/<name>-combos), so the demo's own GRPO and SGPO runs are
+    reused through the trainer's and the evaluation's resume instead of being redone."""
     from sgpo.data import load_problems
     from sgpo.demo.run import DemoSettings, _evaluate, _train_config, _unguided, prepare_world
     from sgpo.models import load_model, load_tokenizer
     from sgpo.trainer.config import apply_overrides
     from sgpo.trainer.trainer import train
 
-    out = work / f"seed{seed}" / slug(label)
-    done = out / "result.json"
+    root, name = work / f"seed{seed}", slug(label)
+    done = root / "evidence" / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
     s = DemoSettings.for_model("world")
     s.seed = seed
     t0 = time.perf_counter()
-    d = prepare_world(work / f"seed{seed}", s)
+    d = prepare_world(root, s)
     tok = load_tokenizer(d.model_path)
-    cfg = _train_config(method, out, s, d.model_path, d.data_path)
+    cfg = _train_config(method, root, s, d.model_path, d.data_path)
+    extra = extra + [f"run.output_dir={root / 'runs' / name}"]
     if method == "luffy":  # the group holds G_a + G_g trajectories, one of them the worked solution
-        extra = extra + [f"algorithm.group_auto={s.group_auto + s.group_guided}"]
+        extra.append(f"algorithm.group_auto={s.group_auto + s.group_guided}")
     apply_overrides(cfg, sets=extra)
-    result = train(cfg, problems=load_problems(d.data_path, need_teacher_response=method in ("sft", "luffy")),
-                   model=load_model(d.model_path, dtype="float32"), tokenizer=tok)
-    heldout = _evaluate(result.model, tok, _unguided(d.eval_rows), "heldout", out, s)
-    combos = _evaluate(result.model, tok, _unguided(d.combo_rows), "combos", out, s)
+    problems = load_problems(d.data_path, need_teacher_response=method in ("sft", "luffy"))
+    result = train(cfg, problems=problems, model=load_model(d.model_path, dtype="float32"), tokenizer=tok)
+    heldout = _evaluate(result.model, tok, _unguided(d.eval_rows), name, root, s)
+    combos = _evaluate(result.model, tok, _unguided(d.combo_rows), f"{name}-combos", root, s)
     last = result.history[-1] if result.history else {}
-    rec = {"label": label, "method": method, "overrides": extra, "seed": seed,
+    rec = {"label": label, "method": method, "overrides": extra[:-1] if method != "luffy" else extra, "seed": seed,
            "heldout": {k: heldout[k] for k in ("avg@k", "ci95", "n", "k")},
            "combos": {k: combos[k] for k in ("avg@k", "ci95", "n", "k")},
            "final_p_auto": last.get("p_auto"), "minutes": round((time.perf_counter() - t0) / 60, 2)}
+    done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(rec, indent=2))
     return rec
 
@@ -78,20 +83,15 @@ def initial(work: Path, seed: int) -> dict:
     from sgpo.demo.run import DemoSettings, _evaluate, _unguided, prepare_world
     from sgpo.models import load_model, load_tokenizer
 
-    out = work / f"seed{seed}" / "initial"
-    done = out / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    root = work / f"seed{seed}"
     s = DemoSettings.for_model("world")
     s.seed = seed
-    d = prepare_world(work / f"seed{seed}", s)
+    d = prepare_world(root, s)
     tok, model = load_tokenizer(d.model_path), load_model(d.model_path, dtype="float32")
     rec = {"label": "initial", "seed": seed}
-    for split, rows in (("heldout", d.eval_rows), ("combos", d.combo_rows)):
-        r = _evaluate(model, tok, _unguided(rows), split, out, s)
+    for split, rows, name in (("heldout", d.eval_rows, "initial"), ("combos", d.combo_rows, "initial-combos")):
+        r = _evaluate(model, tok, _unguided(rows), name, root, s)
         rec[split] = {k: r[k] for k in ("avg@k", "ci95", "n", "k")}
-    out.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(rec, indent=2))
     return rec
 
 
@@ -139,8 +139,8 @@ def main() -> None:
     work = Path(args.work_dir)
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only.split(",")]
     results: dict[str, list[dict]] = {"initial": [initial(work, seed) for seed in seeds]}
-    for seed in seeds:
-        for label, method, extra in variants:
+    for label, method, extra in variants:
+        for seed in seeds:
             rec = run_one(work, label, method, extra, seed)
             results.setdefault(label, []).append(rec)
             print(f"seed {seed} {label}: heldout {rec['heldout']['avg@k']:.3f} combos {rec['combos']['avg@k']:.3f} "

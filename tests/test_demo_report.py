@@ -99,3 +99,27 @@ def test_compare_overlap_boundaries():
            "c": {"avg@k": 0.9, "ci95": [0.81, 0.95]}}
     assert compare("a", "b", res)["ci_overlap"] is True  # touching intervals count as overlapping
     assert compare("a", "c", res)["ci_overlap"] is False
+
+
+def test_step_table_and_held_out_combinations(tmp_path):
+    from sgpo.demo.report import step_table
+
+    metrics = train_metrics(steps=6)
+    metrics["sgpo"][2]["distill/tokens"] = 123.0
+    lines = step_table(metrics)
+    assert lines[0] == "| step | SGPO p_a | SGPO p_g | SGPO w | SGPO KL mean | SGPO KL tokens | SGPO top-10% KL share | GRPO p_a |"
+    # step 2: p_a 0.3 + 0.04, w 0.2 - 0.02; tokens as a count; GRPO p_a 0.3 + 0.02
+    assert lines[4] == "| 2 | 0.340 | 0.500 | 0.180 | 0.050 | 123 | 0.600 | 0.320 |"
+    assert lines[5].split(" | ")[3] == "-" and lines[6].split(" | ")[4] == "-"  # NaN weight, missing KL
+    combos = eval_results(sgpo=(0.8, 0.7, 0.9))
+    path = write_report(tmp_path, eval_results=eval_results(), train_metrics=metrics, examples={},
+                        guidance={"p_auto": 0.1, "p_guided": 0.9, "n": 32, "k": 4,
+                                  "combos": {"p_auto": 0.05, "p_guided": 0.95}},
+                        settings={}, combo_results=combos)
+    text = path.read_text()
+    assert "## Held-out combinations" in text and "| SGPO KL tokens |" in text
+    assert "**sgpo** 80.0% vs **grpo** 45.0%: +35.0 points; the 95% intervals do not overlap" in text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["eval_combos"]["sgpo"]["avg@k"] == 0.8 and results["eval"]["sgpo"]["avg@k"] == 0.5
+    assert results["guidance"]["combos"]["difference"] == pytest.approx(0.9, abs=1e-12)
+    assert [c["ci_overlap"] for c in results["comparisons_combos"]] == [False, False, True]

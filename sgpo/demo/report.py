@@ -291,7 +291,8 @@ def step_table(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
     head = "| step | " + " | ".join(f"SGPO {name}" for _, name in keys) + " | GRPO p_a |"
     lines = [head, "|---:|" + "---:|" * (len(keys) + 1)]
     for r in sgpo:
-        cells = [f"{r[k]:.3f}" if _finite(r.get(k)) else "-" for k, _ in keys]
+        cells = [("-" if not _finite(r.get(k)) else f"{r[k]:.0f}" if k == "distill/tokens" else f"{r[k]:.3f}")
+                 for k, _ in keys]
         g = grpo.get(r.get("step"), {}).get("p_auto")
         cells.append(f"{g:.3f}" if _finite(g) else "-")
         lines.append(f"| {int(r.get('step', 0))} | " + " | ".join(cells) + " |")
