@@ -41,7 +41,7 @@ def test_quick_world_demo_measures_the_premise_and_distils(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Held-out combinations" in report and "| step | SGPO p_a | SGPO p_g | SGPO w |" in report
     assert (out / "training_distill.png").exists()
-    assert json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])["strategy"].startswith("Method:")
+    assert json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])["strategy"].startswith("Method ")
 
     start = time.perf_counter()  # a rerun resumes from checkpoints and graded records
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
