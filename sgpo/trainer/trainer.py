@@ -214,7 +214,10 @@ class Trainer:
 
     def update(self, seqs: list) -> tuple[list[dict], list[Any]]:
         """PPO epochs x mini-batches optimiser updates on this step's sequences, then one
-        scheduler step: the learning rate is a function of the training step."""
+        scheduler step: the learning rate is a function of the training step. Each update
+        minimises :class:`sgpo.trainer.loss.PolicyLoss`: the RL term
+        (:func:`sgpo.core.clipped_policy_loss`) plus lambda w_i m_t l_t on distilled tokens
+        (:func:`sgpo.core.distill_loss_from_hidden`), every term divided by N (``loss.normalizer``)."""
         a, t = self.cfg.algorithm, self.cfg.training
         metrics, updates = [], []
         for _ in range(a.ppo_epochs):
