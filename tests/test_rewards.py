@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sgpo.rewards import ScoreResult, equivalent, extract_boxed, score, score_detailed
+from sgpo.rewards import ScoreResult, equivalent, extract_boxed, score, score_detailed, workers
 from sgpo.rewards.matching import quick_equal
 from sgpo.rewards.symbolic import magnitude, parse_span
 from sgpo.rewards.symbolic import spans_equal as _spans_equal
@@ -156,7 +156,7 @@ def test_garbage_scores_zero_without_raising(completion: str) -> None:
     start = time.monotonic()
     result = score_detailed(completion, "5", timeout_s=2.0)
     assert result.reward == 0.0
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 5.0  # linear work; generous for a loaded machine
 
 
 @pytest.mark.parametrize("completion", ["\\boxed{1} " * 30_000, "\\boxed{1}," * 30_000 + "\\boxed{" + "2," * 30_000 + "}",
@@ -165,7 +165,7 @@ def test_many_boxes_and_parts_against_a_multi_part_gold_stay_fast(completion: st
     """Adversarial completions (hundreds of KB) against a gold with several parts: linear work."""
     start = time.monotonic()
     assert score_detailed(completion, "1, 2", timeout_s=2.0).reward == 0.0
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 5.0  # linear work; generous for a loaded machine
 
 
 @pytest.mark.parametrize("completion,gold", [(None, "5"), (5, "5"), ("\\boxed{5}", None), ("\\boxed{5}", ""),
@@ -187,7 +187,7 @@ def test_timeout_in_main_thread() -> None:
     result = score_detailed(ADVERSARIAL, "2", timeout_s=0.3)
     elapsed = time.monotonic() - start
     assert result == ScoreResult(0.0, "(x+1)^{1000}", True)
-    assert elapsed < 1.5
+    assert elapsed < 0.3 * workers.WALL_FACTOR + workers.WALL_SLACK_S  # 0.3 s of CPU; the wall backstop
     time.sleep(0.2)  # a late re-fire of the timeout would surface here
     assert score(box("\\frac12"), "0.5") == 1.0  # sympy state intact after the interruption
 
@@ -206,9 +206,9 @@ def test_numbers_too_large_to_evaluate_count_as_timeouts(answer: str) -> None:
     """One Python big-int operation cannot be interrupted by any in-process deadline (nor by
     math-verify's signal.alarm); such answers are refused before sympy evaluates them."""
     start = time.monotonic()
-    result = score_detailed(box(answer), "2", timeout_s=5.0)
+    result = score_detailed(box(answer), "2", timeout_s=30.0)
     assert result.reward == 0.0 and result.timed_out
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10.0  # refused up front, not stopped at the 30 s deadline
 
 
 def test_equivalent() -> None:
@@ -363,9 +363,9 @@ def test_size_guard_knows_small_exponents_are_small() -> None:
 def test_size_guard_refuses_huge_products_at_once() -> None:
     """\\prod_{k=1}^{10^9} k^2 = (10^9!)^2: refused before sympy starts multiplying."""
     start = time.monotonic()
-    result = score_detailed(box("\\prod_{k=1}^{10^9} k^2"), "2", timeout_s=5.0)
+    result = score_detailed(box("\\prod_{k=1}^{10^9} k^2"), "2", timeout_s=30.0)
     assert result.reward == 0.0 and result.timed_out
-    assert time.monotonic() - start < 4.0  # refused, not run into the 5 s deadline
+    assert time.monotonic() - start < 10.0  # refused up front, not stopped at the 30 s deadline
 
 
 NUMBERS = ["0", "1", "-1", "2", "17", "0.5", "0.50", "-0.5", "1.0", "1.5", "\\frac{1}{2}", "\\frac12", "1/2", "\\frac{3}{2}",
