@@ -31,7 +31,7 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("sft", "sft", []),
     ("luffy", "luffy", []),
     ("sgpo, weight_mode=constant", "sgpo", ["algorithm.weight_mode=constant"]),
-    ("sgpo, proximal=none", "sgpo", ["algorithm.proximal=none"]),
+    ("sgpo, proximal=none", "sgpo", ["loss.proximal=none"]),
     ("guided_rl", "guided_rl", []),
     ("imitation", "imitation", []),
 ]
