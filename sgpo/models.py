@@ -76,8 +76,8 @@ def check_model_source(name_or_path: str, setting: str) -> None:
     Hub id that is not in the local cache."""
     from sgpo.errors import UserError
 
-    if name_or_path.lower() in (SMOLLM2, "smollm2"):
-        return
+    if name_or_path.lower() in (SMOLLM2, "smollm2") or name_or_path.lower() in BUILT_MODELS:
+        return  # aliases: converted or built on first use
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -117,3 +117,15 @@ def test_cache_key_follows_every_setting():
     assert base.key() == WorldConfig().key()
     assert WorldConfig(pretrain=PretrainSpec(steps=base.pretrain.steps + 1)).key() != base.key()
     assert WorldConfig(tasks=WorldSpec(map_seed=1)).key() != base.key()
+
+
+def test_cpu_tiny_config_names_the_world_and_passes_the_model_check():
+    # the check that runs before anything loads must accept the alias (it builds on first use),
+    # even offline where an unknown name would be looked up in the Hugging Face cache
+    from sgpo.models import BUILT_MODELS, check_model_source
+    from sgpo.trainer.config import load_config
+
+    cfg = load_config(str(ROOT / "configs" / "cpu-tiny.yaml"))
+    assert cfg.model.name_or_path in BUILT_MODELS
+    assert (ROOT / cfg.data.path).is_file()
+    check_model_source(cfg.model.name_or_path, "model.name_or_path")
