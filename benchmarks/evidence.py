@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import write_results  # noqa: E402  (beside this script, on sys.path when run)
 
 # (label, method, extra config overrides)
 VARIANTS: list[tuple[str, str, list[str]]] = [
@@ -148,10 +149,7 @@ def main() -> None:
     command = ("PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE python benchmarks/evidence.py --seeds "
                f"{args.seeds} --work-dir {args.work_dir} --out {args.out}")
     text = table(results, seeds, command, asdict(DemoSettings.for_model("world")))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    print(text)
+    write_results(args.out, text, results)
 
 
 if __name__ == "__main__":

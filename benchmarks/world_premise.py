@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import write_results  # noqa: E402  (beside this script, on sys.path when run)
 
 
 def main() -> None:
@@ -82,10 +83,7 @@ def main() -> None:
               f"Command: `PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE python benchmarks/world_premise.py --out {args.out}` "
               f"(model preparation {prep_s:.0f} s in this run, 0 when cached)."]
     text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(out_json, indent=2) + "\n")
-    print(text)
+    write_results(args.out, text, out_json)
 
 
 if __name__ == "__main__":

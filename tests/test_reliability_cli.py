@@ -78,18 +78,23 @@ TRAIN_CASES = {
 }
 
 
+def _assert_one_line_user_error(argv: list[str], fragment: str, capsys) -> None:
+    """The CLI exits 2 with one line naming the fault, no traceback."""
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("case", list(TRAIN_CASES))
 def test_train_user_errors(case, files, tmp_path, capsys, no_weights_load):
     extra, fragment = TRAIN_CASES[case]
     argv = ["train", "--output-dir", str(tmp_path / "run"), "--method", "grpo", "--set", f"data.path={files['data']}",
             "--set", f"model.name_or_path={files['model']}", "--set", "run.progress=false"]
     argv += [a.format(**files) for a in extra]
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert fragment.format(**files) in err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    _assert_one_line_user_error(argv, fragment.format(**files), capsys)
 
 
 EVAL_CASES = {
@@ -116,12 +121,7 @@ def test_eval_user_errors(case, files, tmp_path, capsys, no_weights_load):
             "--max-new-tokens", "4", "--no-progress"]
     for i in range(0, len(extra), 2):  # later options win in argparse
         argv += extra[i:i + 2]
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert fragment.format(**files) in err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    _assert_one_line_user_error(argv, fragment.format(**files), capsys)
 
 
 FULL_DISK_TRAIN = textwrap.dedent("""
