@@ -13,7 +13,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
+# The shared data folder beside the repository; SGPO_SHARED_DIR points elsewhere (e.g. a clone in another folder).
+SHARED = Path(os.environ.get("SGPO_SHARED_DIR") or REPO.parent / "shared")
+BENCHMARKS = SHARED / "data" / "benchmarks"
 
 
 def pytest_collection_modifyitems(config, items):

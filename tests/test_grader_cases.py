@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from sgpo.rewards import score_detailed
 from sgpo.rewards.answers import normalize, split_parts
+from tests.conftest import SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-CASES = REPO.parent / "shared" / "data" / "grader-cases" / "public.jsonl"
+CASES = SHARED / "data" / "grader-cases" / "public.jsonl"
 BOXED_FORMS = {"as_is", "wrapped", "wrapped_span"}
 
 
@@ -54,7 +53,7 @@ def test_agreement_with_public_grader_cases(cases: list[dict]) -> None:
     assert rate >= 0.97, report
 
 
-BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
+BENCHMARKS = SHARED / "data" / "benchmarks"
 
 
 @pytest.mark.parametrize("name", ["math500", "olympiadbench", "minerva", "amc23", "aime24"])
