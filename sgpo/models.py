@@ -44,13 +44,21 @@ def smollm2_path(cache: str | os.PathLike | None = None) -> Path:
     config.__dict__.pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(config)  # plain module: GGUF-loaded ones refuse to save
     model.load_state_dict(quantized.state_dict())
-    tmp = target.with_name(target.name + ".tmp")
+    return save_model_folder(model, tok, target)
+
+
+def save_model_folder(model: Any, tokenizer: Any, target: Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Save a built model, its tokenizer and ``extra_files`` (name -> text) into the cache folder
+    ``target`` whole or not at all: written beside it, then renamed into place."""
+    import shutil
+
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
     if target.exists():
-        import shutil
-
         shutil.rmtree(target)
     tmp.rename(target)
     return target

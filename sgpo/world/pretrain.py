@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,14 +150,8 @@ def world_model_path(cfg: WorldConfig | None = None, cache: str | os.PathLike | 
     target = Path(cache) if cache else cache_root() / cfg.key()
     if (target / "model.safetensors").exists() and (target / "world.json").exists():
         return target
+    from sgpo.models import save_model_folder
+
     model, tok, stats = pretrain(cfg, progress=progress)
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "world.json").write_text(json.dumps({"key": cfg.key(), "tasks": cfg.tasks.to_dict(),
-                                                "pretrain": asdict(cfg.pretrain), "stats": stats}, indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+    info = {"key": cfg.key(), "tasks": cfg.tasks.to_dict(), "pretrain": asdict(cfg.pretrain), "stats": stats}
+    return save_model_folder(model, tok, target, {"world.json": json.dumps(info, indent=2)})
