@@ -110,13 +110,82 @@ def test_committed_problem_files_match_the_generator():
     assert problems.without_strategy == 0 and len(problems) == SIZES["train"]
 
 
-def test_cache_key_follows_every_setting():
-    from sgpo.world.pretrain import PretrainSpec, WorldConfig
+def test_cache_key_follows_what_pretraining_reads():
+    from dataclasses import replace
+
+    from sgpo.world.pretrain import PretrainSpec, WorldConfig, seeded_world
 
     base = WorldConfig()
     assert base.key() == WorldConfig().key()
     assert WorldConfig(pretrain=PretrainSpec(steps=base.pretrain.steps + 1)).key() != base.key()
-    assert WorldConfig(tasks=WorldSpec(map_seed=1)).key() != base.key()
+    assert WorldConfig(tasks=WorldSpec(nouns=("card", "code"))).key() != base.key()
+    # the map and the splits are RL-only: a new map must not force a new pre-trained model
+    for spec in (WorldSpec(map_seed=1), WorldSpec(heldout_share=0.3, valid_share=0.1),
+                 WorldSpec(order_words=("a", "b", "c"))):
+        assert WorldConfig(tasks=spec).key() == base.key()
+    # world seeds: each its own map and its own pre-training seed (so its own model)
+    s0, s1 = seeded_world("pair", 0), seeded_world("pair", 1)
+    assert s0.key() != s1.key() and s0.pretrain.seed == 0 and s1.pretrain.seed == 1
+    assert [s0.tasks.rl_method(c) for c in s0.tasks.cues] != [s1.tasks.rl_method(c) for c in s1.tasks.cues]
+    assert replace(s1, pretrain=s0.pretrain).key() == s0.key()
+
+
+@pytest.mark.parametrize("spec", [WorldSpec(), WorldSpec(keyword_parts=2)], ids=["single", "pair"])
+def test_pretraining_never_reads_the_rl_only_fields(spec):
+    """What the key leaves out must not reach pre-training: the same rng gives the same
+    examples and the same tokenizer corpus whatever the RL-only fields (fails if, say,
+    pre-training starts to use the map)."""
+    import random
+    from dataclasses import replace
+
+    from sgpo.world.tasks import RL_ONLY_FIELDS
+
+    other = replace(spec, map_seed=7, heldout_share=0.4, valid_share=0.2)
+    assert set(spec.to_dict()) - set(spec.pretrain_fingerprint()) >= set(RL_ONLY_FIELDS)
+    a, b = random.Random(5), random.Random(5)
+    assert [pretrain_example(spec, a) for _ in range(200)] == [pretrain_example(other, b) for _ in range(200)]
+    assert corpus_texts(spec) == corpus_texts(other)
+
+
+PAIR = WorldSpec(keyword_parts=2, valid_share=0.1)
+
+
+def test_two_part_keywords_compose_and_transfer_is_new_combinations():
+    # the order word decides the order and the shift word the shift, whatever the pair
+    for cue in PAIR.cues:
+        o, s = cue.split()
+        assert PAIR.rl_method(cue).order == PAIR.rl_method(f"{o} {PAIR.shift_words[0]}").order
+        assert PAIR.rl_method(cue).shift == PAIR.rl_method(f"{PAIR.order_words[0]} {s}").shift
+    assert len({PAIR.rl_method(c) for c in PAIR.cues}) == 15
+    held = PAIR.transfer_pairs()
+    # Latin square: each shift word held out exactly once, each order word at least once,
+    # and every word still trains with another word
+    assert sorted(c.split()[1] for c in held) == sorted(PAIR.shift_words)
+    assert {c.split()[0] for c in held} == set(PAIR.order_words)
+    train = PAIR.rl_cues()
+    assert {c.split()[0] for c in train} == set(PAIR.order_words) and {c.split()[1] for c in train} == set(PAIR.shift_words)
+    rows = {s: make_problems(PAIR, 64, seed=0, split=s) for s in PAIR.available_splits()}
+    assert {r["keyword"] for r in rows["transfer"]} <= set(held)
+    assert all(r["keyword"] in train for s in ("train", "heldout", "combos", "valid") for r in rows[s])
+    digits = {s: {r["problem"].split()[-2] for r in recs} for s, recs in rows.items()}
+    assert digits["valid"].isdisjoint(digits["train"] | digits["heldout"] | digits["transfer"])
+    assert digits["train"].isdisjoint(digits["heldout"] | digits["transfer"])
+    for r in rows["transfer"][:8]:
+        assert score(r["teacher_response"], r["answer"]) == 1.0 and r["method"] == PAIR.rl_method(r["keyword"]).name
+        assert leak_reasons(r["strategy"], r["answer"]) == []
+    with pytest.raises(ValueError, match="transfer needs keyword_parts = 2"):
+        make_problems(SPEC, 4, seed=0, split="transfer")
+
+
+def test_pair_world_tokenizer_covers_its_texts():
+    from sgpo.world.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(PAIR)
+    for split in PAIR.available_splits():
+        for r in make_problems(PAIR, 4, seed=1, split=split):
+            for text in (r["problem"], r["strategy"], r["teacher_response"]):
+                ids = tok(text, add_special_tokens=False)["input_ids"]
+                assert tok.unk_token_id not in ids and tok.decode(ids) == text
 
 
 def test_cpu_tiny_config_names_the_world_and_passes_the_model_check():

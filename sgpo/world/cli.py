@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 SIZES = {"train": 256, "heldout": 64, "combos": 64}
+EXTRA_SIZES = {"valid": 64, "transfer": 64}  # the pair world's further splits
 
 
 def register(sub: Any) -> None:
@@ -16,32 +17,42 @@ def register(sub: Any) -> None:
     prep = wsub.add_parser("prepare", help="pre-train the world model (cached) and write its problem files")
     prep.add_argument("--output-dir", default="data/world", help="where train/heldout/combos.jsonl go")
     prep.add_argument("--seed", type=int, default=0, help="which problems are drawn (default: 0)")
-    for split, n in SIZES.items():
+    prep.add_argument("--world", choices=("single", "pair"), default="single",
+                      help="single: a keyword names the procedure (default); pair: an order word and a shift word, "
+                           "with the valid and transfer splits too")
+    prep.add_argument("--world-seed", type=int, default=0,
+                      help="the world's keyword -> procedure map and pre-training seed (default: 0)")
+    for split, n in {**SIZES, **EXTRA_SIZES}.items():
         prep.add_argument(f"--{split}", type=int, default=n, help=f"{split} problems (default: {n})")
     prep.set_defaults(func=prepare)
 
 
-def write_problem_files(output_dir: str, seed: int, sizes: dict[str, int]) -> dict[str, str]:
+def write_problem_files(output_dir: str, seed: int, sizes: dict[str, int], spec: Any = None) -> dict[str, str]:
+    """Each split of ``spec`` (default: the single world, map 0) in ``sizes`` as SPLIT.jsonl."""
     from pathlib import Path
 
     from sgpo.io import write_jsonl
     from sgpo.world.tasks import WorldSpec, make_problems
 
+    spec = spec or WorldSpec()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, n in sizes.items():
         paths[split] = str(out / f"{split}.jsonl")
-        write_jsonl(paths[split], make_problems(WorldSpec(), n, seed=seed, split=split))  # type: ignore[arg-type]
+        write_jsonl(paths[split], make_problems(spec, n, seed=seed, split=split))  # type: ignore[arg-type]
     return paths
 
 
 def prepare(args: argparse.Namespace) -> int:
-    from sgpo.world.pretrain import world_model_path
+    from sgpo.world.pretrain import seeded_world, world_model_path
 
-    model = world_model_path()
-    paths = write_problem_files(args.output_dir, args.seed, {s: getattr(args, s) for s in SIZES})
-    print(f"model: {model}  (also reachable as model.name_or_path: strategy-world)")
+    world = seeded_world(args.world, args.world_seed)
+    model = world_model_path(world)
+    splits = [s for s in {**SIZES, **EXTRA_SIZES} if s in world.tasks.available_splits()]
+    paths = write_problem_files(args.output_dir, args.seed, {s: getattr(args, s) for s in splits}, world.tasks)
+    alias = "  (also reachable as model.name_or_path: strategy-world)" if world == seeded_world() else ""
+    print(f"model: {model}{alias}")
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0

@@ -16,6 +16,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,10 @@ from sgpo.world.tasks import WorldSpec, pretrain_example
 from sgpo.world.tokenizer import build_tokenizer
 
 FORMAT_VERSION = 3  # bump when the training code changes what a cached model is
+
+# named worlds: "single" (a keyword names the procedure; the demo's) and "pair" (an order word
+# and a shift word, with the transfer and validation splits; the sweep's)
+WORLDS: dict[str, WorldSpec] = {"single": WorldSpec(), "pair": WorldSpec(keyword_parts=2, valid_share=0.1)}
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,23 @@ class WorldConfig:
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
 
     def key(self) -> str:
-        """Cache key: every setting, the prompt format the model is trained with, the version."""
-        blob = json.dumps({"tasks": self.tasks.to_dict(), "pretrain": asdict(self.pretrain),
+        """Cache key: every setting pre-training reads (the task settings less the map and the
+        splits, :meth:`WorldSpec.pretrain_fingerprint`), the prompt format the model is trained
+        with, the version. Worlds that differ only in their keyword -> procedure map share a model."""
+        blob = json.dumps({"tasks": self.tasks.pretrain_fingerprint(), "pretrain": asdict(self.pretrain),
                            "prompt": PromptStyle().render(_PlainTemplate(), "{p}", "{s}"),
                            "version": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def seeded_world(name: str = "single", seed: int = 0) -> WorldConfig:
+    """World seed ``seed`` of the named world: its own keyword -> procedure map (``map_seed``)
+    and its own pre-training seed, so seeds differ in the map and in the pre-trained model."""
+    from dataclasses import replace
+
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r} (have {', '.join(WORLDS)})")
+    return WorldConfig(tasks=replace(WORLDS[name], map_seed=seed), pretrain=PretrainSpec(seed=seed))
 
 
 class _PlainTemplate:
@@ -148,10 +166,32 @@ def world_model_path(cfg: WorldConfig | None = None, cache: str | os.PathLike | 
     2 CPU cores). ``world.json`` in the folder records the settings and pre-training stats."""
     cfg = cfg or WorldConfig()
     target = Path(cache) if cache else cache_root() / cfg.key()
-    if (target / "model.safetensors").exists() and (target / "world.json").exists():
+    if _built(target):
         return target
     from sgpo.models import save_model_folder
 
-    model, tok, stats = pretrain(cfg, progress=progress)
-    info = {"key": cfg.key(), "tasks": cfg.tasks.to_dict(), "pretrain": asdict(cfg.pretrain), "stats": stats}
-    return save_model_folder(model, tok, target, {"world.json": json.dumps(info, indent=2)})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target):  # processes that need the same model wait for one build
+        if _built(target):
+            return target
+        model, tok, stats = pretrain(cfg, progress=progress)
+        info = {"key": cfg.key(), "tasks": cfg.tasks.pretrain_fingerprint(), "pretrain": asdict(cfg.pretrain),
+                "stats": stats}
+        return save_model_folder(model, tok, target, {"world.json": json.dumps(info, indent=2)})
+
+
+def _built(target: Path) -> bool:
+    return (target / "model.safetensors").exists() and (target / "world.json").exists()
+
+
+@contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock on ``<target>.lock`` (released by the OS if the holder dies)."""
+    import fcntl
+
+    with open(target.with_name(target.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
