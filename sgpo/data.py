@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sgpo.io import DataError, read_records
@@ -20,6 +20,7 @@ class Problem:
     answer: str
     strategy: str | None = None  # rendered strategy text
     teacher_response: str | None = None
+    row: dict | None = field(default=None, compare=False, repr=False)  # the dataset record (reward functions read it)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def build_problems(records: list[dict], source: str, *, problem_field: str = "pr
                 strategy = strategy_text(rec.get(strategy_field))
             except StrategyError as e:
                 raise DataError(source, str(e), row=row, field=strategy_field) from None
-        problems.append(Problem(pid, problem, answer, strategy, teacher))  # type: ignore[arg-type]
+        problems.append(Problem(pid, problem, answer, strategy, teacher, rec))  # type: ignore[arg-type]
     without = sum(p.strategy is None for p in problems)
     return ProblemSet(problems, source, without)
 

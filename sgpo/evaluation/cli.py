@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 EVAL_HELP = """Evaluate a model on math benchmarks with the training prompt (chat template plus the
-\\boxed{} instruction) and the training reward (math-verify on the last \\boxed{}).
+\\boxed{} instruction) and the training reward: math-verify on the last \\boxed{}, or the reward
+functions of --train-config's reward section or of --reward-functions (docs/rewards.md).
 
 Benchmarks: built-in names (math500, aime24, amc23, olympiadbench, minerva, gsm8k) are read
 as NAME.jsonl from --data-dir or $SGPO_DATA_DIR, else from a public Hugging Face copy; any
@@ -54,6 +55,12 @@ def register(sub: Any) -> None:
     p.add_argument("--train-config", metavar="PATH",
                    help="a training run's config.json (or its YAML): evaluate with the prompt format it trained "
                         "with (data.system_prompt, data.instruction, data.fewshot); default: the plain \\boxed{} prompt")
+    p.add_argument("--reward-functions", nargs="+", metavar="MODULE:CALLABLE",
+                   help="reward functions, each called as fn(completion, answer, row) -> float or None, summed with "
+                        "--reward-weights into each sample's score (default: the --train-config's reward section, "
+                        "else the built-in math grader sgpo.rewards.functions:math_reward)")
+    p.add_argument("--reward-weights", nargs="+", type=float, metavar="W", help="one weight per reward function "
+                                                                              "(default 1.0 each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
@@ -78,7 +85,9 @@ def run_eval(args: argparse.Namespace) -> int:
                      max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
                      backend=args.backend, batch_size=args.batch_size, limit=args.limit,
                      problem_field=args.problem_field, answer_field=args.answer_field, id_field=args.id_field,
-                     dtype=args.dtype, show_progress=not args.no_progress, train_config=args.train_config)
+                     dtype=args.dtype, show_progress=not args.no_progress, train_config=args.train_config,
+                     reward_functions=tuple(args.reward_functions or ()),
+                     reward_weights=tuple(args.reward_weights or ()))
     try:
         results = run_evaluation(cfg)
     except DataError as e:

@@ -42,10 +42,12 @@ def avg_at_k(scores: Sequence[Sequence[float]]) -> float:
 
 
 def mean_pass_at_k(scores: Sequence[Sequence[float]], k: int) -> float:
-    """Mean over problems of the unbiased pass@k (each problem with its own n samples)."""
+    """Mean over problems of the unbiased pass@k (each problem with its own n samples). A sample
+    passes when its score is at least 1 (the built-in grader's 1.0; with reward functions of
+    the user's own, scores are weighted sums and avg@k is their mean)."""
     if not scores:
         raise ValueError("pass@k of an empty benchmark")
-    return float(np.mean([pass_at_k(len(s), int(round(sum(s))), k) for s in scores]))
+    return float(np.mean([pass_at_k(len(s), sum(x >= 1.0 for x in s), k) for s in scores]))
 
 
 def bootstrap_means(groups: Sequence[Sequence[float]], num_resamples: int = 1000, seed: int = 0) -> np.ndarray:

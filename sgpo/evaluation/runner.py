@@ -21,7 +21,7 @@ from sgpo.generation import Completion, Generator, SamplingConfig, make_generato
 from sgpo.io import (DataError, append_jsonl, read_jsonl_tolerant, repair_jsonl_tail, write_json_atomic,
                      write_text_atomic)
 from sgpo.prompts import PromptStyle
-from sgpo.rewards import score_detailed
+from sgpo.rewards.functions import RewardConfig, RewardFunctions, check_failure_share, failure_shares
 
 RECORDS_DIR = "records"  # per-benchmark per-problem records: records/NAME.jsonl
 RESULTS_JSON = "results.json"
@@ -29,14 +29,17 @@ RESULTS_MD = "results.md"
 
 
 def config_hash(model_id: str, tokenizer: Any, sampling: SamplingConfig, num_samples: int,
-                style: PromptStyle = PromptStyle(), weights: str = "") -> str:
+                style: PromptStyle = PromptStyle(), weights: str = "", rewards: str = "") -> str:
     """Identity of everything besides the problem that determines its samples: model name,
     weights (:func:`sgpo.models.weights_fingerprint`), prompt (chat template and
-    instruction, via a rendered placeholder), sampling and k. The batch size is left out: it
-    is a system knob."""
+    instruction, via a rendered placeholder), sampling, k and the reward functions when they are
+    not the default (:meth:`sgpo.rewards.functions.RewardFunctions.identity`). The batch size
+    is left out: it is a system knob."""
     prompt = style.render(tokenizer, "{problem}")
-    payload = json.dumps({"model": model_id, "prompt": prompt, "sampling": asdict(sampling), "k": num_samples,
-                          "weights": weights}, sort_keys=True)
+    fields = {"model": model_id, "prompt": prompt, "sampling": asdict(sampling), "k": num_samples, "weights": weights}
+    if rewards:
+        fields["rewards"] = rewards
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
@@ -72,20 +75,33 @@ def _validate(problems: Sequence[dict[str, Any]], name: str) -> list[dict[str, s
     return out
 
 
-def grade_problem(problem: dict[str, str], completions: list[Completion], name: str, chash: str,
-                  seed: int | None, timeout_s: float = 5.0) -> dict[str, Any]:
-    """One per-problem record: the completions and their grades."""
-    graded = [score_detailed(c.text, problem["answer"], timeout_s) for c in completions]
-    return {
-        "benchmark": name, "id": problem["id"], "config_hash": chash, "input_hash": input_hash(problem), "seed": seed,
-        "problem": problem["problem"], "answer": problem["answer"],
-        "completions": [c.text for c in completions],
-        "extracted": [g.extracted for g in graded],
-        "scores": [g.reward for g in graded],
-        "timed_out": [g.timed_out for g in graded],
-        "finish_reasons": [c.finish_reason for c in completions],
-        "lengths": [len(c.token_ids) for c in completions],
-    }
+def grade_problems(problems: list[dict[str, str]], outputs: list[list[Completion]], name: str, chash: str,
+                   seed: int | None, rewards: RewardFunctions) -> tuple[list[dict[str, Any]], dict[str, list[bool]]]:
+    """Per-problem records (the completions and their grades), every completion graded in one
+    concurrent batch by ``rewards`` (the training reward); and each function's failed calls."""
+    texts = [c.text for outs in outputs for c in outs]
+    answers = [p["answer"] for p, outs in zip(problems, outputs) for _ in outs]
+    rows = [p for p, outs in zip(problems, outputs) for _ in outs]
+    graded = rewards.grade(texts, answers, rows)
+    records, start = [], 0
+    for problem, completions in zip(problems, outputs):
+        part = slice(start, start + len(completions))
+        start += len(completions)
+        details = graded.details[part]
+        rec = {
+            "benchmark": name, "id": problem["id"], "config_hash": chash, "input_hash": input_hash(problem),
+            "seed": seed, "problem": problem["problem"], "answer": problem["answer"],
+            "completions": [c.text for c in completions],
+            "extracted": [d.extracted if d else None for d in details],
+            "scores": graded.rewards[part],
+            "timed_out": [bool(d and d.timed_out) for d in details],
+            "finish_reasons": [c.finish_reason for c in completions],
+            "lengths": [len(c.token_ids) for c in completions],
+        }
+        if rewards.identity():  # functions of the user's own: each one's value (None: not applicable or failed)
+            rec["rewards"] = {n: v[part] for n, v in graded.values.items()}
+        records.append(rec)
+    return records, graded.failed
 
 
 def load_finished(path: Path, chash: str, rows: Sequence[dict[str, str]]) -> tuple[dict[str, dict[str, Any]], int]:
@@ -111,16 +127,18 @@ def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, An
                      sampling: SamplingConfig, num_samples: int, generator: Generator | None = None,
                      output_dir: str | Path | None = None, batch_size: int = 32, *, model_id: str | None = None,
                      show_progress: bool = True, grader_timeout_s: float = 5.0,
-                     style: PromptStyle = PromptStyle()) -> tuple[dict[str, Any], list[dict]]:
+                     style: PromptStyle = PromptStyle(),
+                     reward: RewardConfig | None = None) -> tuple[dict[str, Any], list[dict]]:
     """:func:`evaluate`, also returning the per-problem records in problem order."""
     rows = _validate(problems, name)
+    rewards = RewardFunctions(reward, grader_timeout_s)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
     gen = generator or make_generator("hf", model, tokenizer, batch_size=batch_size)
     from sgpo.models import weights_fingerprint
 
     mid = model_id or str(getattr(getattr(model, "config", None), "_name_or_path", "") or model)
-    chash = config_hash(mid, tokenizer, sampling, num_samples, style, weights_fingerprint(model))
+    chash = config_hash(mid, tokenizer, sampling, num_samples, style, weights_fingerprint(model), rewards.identity())
     path = records_path(output_dir, name) if output_dir is not None else None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +155,7 @@ def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, An
 
     bar = tqdm(total=len(rows), initial=sum(r["id"] in done for r in rows), desc=f"eval {name}", unit="problem",
                disable=not show_progress)
+    failed: dict[str, list[bool]] = {n: [] for n in rewards.names}
     for start in range(0, len(ordered), per_call):
         todo = [p for p in ordered[start : start + per_call] if p["id"] not in done]
         if not todo:
@@ -144,14 +163,20 @@ def evaluate_records(model: Any, tokenizer: Any, problems: Sequence[dict[str, An
         seed = None if sampling.seed is None else sampling.seed + start
         prompts = [prompt_of[p["id"]] for p in todo]
         outputs = gen.generate(prompts, replace(sampling, seed=seed), n=num_samples)
-        new = [grade_problem(p, outs, name, chash, seed, grader_timeout_s) for p, outs in zip(todo, outputs)]
+        new, batch_failed = grade_problems(todo, outputs, name, chash, seed, rewards)
+        for n, f in batch_failed.items():
+            failed[n] += f
+        # before the records are written: a broken function must not leave records that look finished
+        check_failure_share(failure_shares(failed), rewards.cfg.max_failure_share, f"evaluating {name} so far")
         if path is not None:
             append_jsonl(path, new)
         done.update((r["id"], r) for r in new)
         bar.update(len(new))
     bar.close()
     records = [done[p["id"]] for p in rows]
-    return {**summarize(records, k=num_samples), "reused": reused, "stale": stale}, records
+    summary = {**summarize(records, k=num_samples), "reused": reused, "stale": stale}
+    summary["reward_failures"] = sum(sum(f) for f in failed.values())
+    return summary, records
 
 
 def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], name: str, sampling: SamplingConfig,
@@ -195,7 +220,9 @@ class EvalConfig:
     dtype: str = "auto"
     grader_timeout_s: float = 5.0
     show_progress: bool = True
-    train_config: str | None = None  # a run's config.json or YAML: evaluate with its prompt format
+    train_config: str | None = None  # a run's config.json or YAML: evaluate with its prompt format and reward
+    reward_functions: tuple[str, ...] = ()  # module:callable; () = the training config's, else the math grader
+    reward_weights: tuple[float, ...] = ()  # one per reward function; () = 1.0 each
 
     def validate(self) -> "EvalConfig":
         """One-line UserErrors naming the option, before any data or model is read."""
@@ -246,6 +273,31 @@ def prompt_style(train_config: str | None) -> PromptStyle:
         raise DataError(str(path), str(e), field="data.fewshot") from None
 
 
+def reward_config(cfg: EvalConfig) -> RewardConfig:
+    """The reward of ``sgpo eval``: --reward-functions / --reward-weights, else the training
+    config's ``reward`` section (--train-config), else the built-in math grader."""
+    section: dict[str, Any] = {}
+    if cfg.train_config:
+        import yaml
+
+        raw = yaml.safe_load(Path(cfg.train_config).read_text(encoding="utf-8")) or {}  # read by prompt_style first
+        section = raw.get("reward") or {} if isinstance(raw, dict) else {}
+        if not isinstance(section, dict):
+            raise DataError(cfg.train_config, "expected a mapping", field="reward")
+    if cfg.reward_functions:
+        section = {**section, "functions": list(cfg.reward_functions), "weights": list(cfg.reward_weights)}
+    elif cfg.reward_weights:
+        section = {**section, "weights": list(cfg.reward_weights)}
+    known = set(RewardConfig.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise DataError(cfg.train_config or "--reward-functions", f"unknown reward keys {unknown}", field="reward")
+    try:
+        return RewardConfig(**section).validate()
+    except ValueError as e:
+        raise DataError(cfg.train_config or "--reward-functions", str(e), field="reward") from None
+
+
 def _load_generator(cfg: EvalConfig, batch_size: int, benches: Sequence[Any],
                     style: PromptStyle) -> tuple[Any, Any, Generator]:
     from sgpo.data import check_prompt_lengths
@@ -281,6 +333,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     for bench in benches:
         _validate(bench.problems, bench.name)
     style = prompt_style(cfg.train_config)
+    reward = reward_config(cfg)
+    RewardFunctions(reward)  # a function that cannot be imported stops here, before the model loads
     check_model_source(cfg.model, "--model")
     out = Path(cfg.output_dir)
     ensure_writable_dir(out, "--output-dir")
@@ -294,7 +348,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         k = cfg.num_samples or bench.default_k
         result, records = evaluate_records(model, tokenizer, bench.problems, bench.name, sampling, k, generator,
                                            out, batch_size, model_id=cfg.model, show_progress=cfg.show_progress,
-                                           grader_timeout_s=cfg.grader_timeout_s, style=style)
+                                           grader_timeout_s=cfg.grader_timeout_s, style=style, reward=reward)
         results["benchmarks"][bench.name] = result
         results["config"]["benchmark_sources"][bench.name] = bench.source
         results["config"]["k"][bench.name] = k

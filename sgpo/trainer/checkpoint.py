@@ -34,7 +34,7 @@ FINAL_DIR = "final"
 # (extending max_steps continues the same run) and system knobs (speed and memory only).
 NOT_IDENTITY = frozenset({
     "run", "system", "model.gradient_checkpointing", "data.min_strategy_coverage", "training.max_steps",
-    "training.max_nonfinite_in_a_row",
+    "training.max_nonfinite_in_a_row", "reward.max_failure_share", "reward.threads",
 })
 
 

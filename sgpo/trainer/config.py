@@ -1,5 +1,6 @@
 """Typed training configuration, split by concern: what is trained (``model``, ``data``), the
-algorithm (``algorithm``: method, sampling, weights, teacher; ``loss``: the objective's knobs,
+algorithm (``algorithm``: method, sampling, weights, teacher; ``reward``: reward functions and
+weights; ``loss``: the objective's knobs,
 :class:`sgpo.core.LossSettings`), the optimisation (``training``), system knobs that never change
 the math, only speed and memory (``system``), and run bookkeeping (``run``). YAML files mirror
 these sections; ``--set section.key=value`` overrides single fields. Every field is documented
@@ -19,6 +20,7 @@ import yaml
 
 from sgpo.core import ADVANTAGE_SCALES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, WEIGHT_MODES, LossSettings
 from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
+from sgpo.rewards.functions import RewardConfig
 from sgpo.trainer.checks import check_values
 
 METHODS = ("sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl")
@@ -120,6 +122,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     loss: LossSettings = field(default_factory=LossSettings)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -160,6 +163,7 @@ class TrainConfig:
         if not self.data.path:
             raise ValueError("data.path is required (a JSONL/Parquet file or a dataset)")
         self.data.style()  # checks data.fewshot
+        self.reward.validate()
         return self
 
 

@@ -3,7 +3,8 @@
 1. :func:`sample`: G_a autonomous rollouts per problem from the unguided prompt and, for the
    guided methods, G_g rollouts from the prompt with the strategy (one generation call);
    the strong-model responses for sft and luffy.
-2. :func:`score`: binary rewards from :func:`sgpo.rewards.score`, [B, G_a] and [B, G_g].
+2. :func:`score`: rewards from the run's reward functions (:mod:`sgpo.rewards.functions`; by
+   default the math grader, 1 verified correct else 0), [B, G_a] and [B, G_g], graded in parallel.
 3. :func:`advantages`: group-relative advantages (:func:`sgpo.core.group_advantages`).
 4. :func:`weights`: the instance weight w_i from (p_a, p_g) (:func:`sgpo.core.instance_weights`).
 5. :func:`sequences`: which trajectory feeds which loss term, in which context; the guided
@@ -26,15 +27,15 @@ from sgpo.core import LossSettings, group_advantages, instance_weights, update_c
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig
 from sgpo.prompts import PromptStyle
-from sgpo.rewards import score as grade
+from sgpo.rewards.functions import Graded, RewardFunctions
 from sgpo.trainer.batch import TrainSequence
 from sgpo.trainer.config import AlgorithmConfig
 from sgpo.trainer.rollouts import (
     encode_prompts,
     generate_groups,
+    group_rewards,
     old_logprobs,
     render_prompts,
-    score_groups,
     teacher_targets,
 )
 
@@ -68,6 +69,7 @@ class StepContext:
     style: PromptStyle = field(default_factory=PromptStyle)
     # concatenates a list over all processes in rank order (identity on one process)
     gather: Callable[[list], list] = local_gather
+    rewards: RewardFunctions = field(default_factory=RewardFunctions)  # the run's reward functions (reward section)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Rewards:
     guided: torch.Tensor | None  # [B, G_g], rows without a strategy are 0 (and never used)
     has_strategy: torch.Tensor  # [B] bool
     reference: torch.Tensor | None = None  # [B] luffy: reward of the strong-model trace
+    graded: Graded | None = None  # every graded completion: each function's value and failures (for metrics)
 
     @property
     def p_auto(self) -> torch.Tensor:  # [B] autonomous success rate p_a
@@ -149,14 +152,31 @@ def sample(ctx: StepContext, problems: list[Problem], seed: int | None) -> StepR
 
 # -- 2. score --------------------------------------------------------------------------------
 def score(ctx: StepContext, r: StepRollouts) -> Rewards:
-    answers = [p.answer for p in r.problems]
-    n_auto = max((len(g) for g in r.auto.completions), default=0)
-    auto = score_groups(r.auto.completions, answers, n_auto)  # [B, G_a]
-    guided = score_groups(r.guided.completions, answers, ctx.algo.group_guided) if r.guided else None  # [B, G_g]
-    reference = None
-    if ctx.algo.method == "luffy":
-        reference = torch.tensor([grade(p.teacher_response or "", p.answer) for p in r.problems])  # [B]
-    return Rewards(auto, guided, r.has_strategy, reference)
+    """Every completion of the step (autonomous, guided, LUFFY's strong-model traces) graded
+    in one concurrent batch by the run's reward functions."""
+    texts, answers, rows = [], [], []
+
+    def add(groups: list[list[Any]]) -> None:
+        for p, group in zip(r.problems, groups):
+            for text in group:
+                texts.append(text)
+                answers.append(p.answer)
+                rows.append(p.row if p.row is not None else {"id": p.id, "problem": p.problem, "answer": p.answer})
+
+    auto_text = [[c.text for c in g] for g in r.auto.completions]
+    guided_text = [[c.text for c in g] for g in r.guided.completions] if r.guided else []
+    ref_text = [[p.teacher_response or ""] for p in r.problems] if ctx.algo.method == "luffy" else []
+    for part in (auto_text, guided_text, ref_text):
+        add(part)
+    graded = ctx.rewards.grade(texts, answers, rows)
+    n_auto, n_guided = sum(map(len, auto_text)), sum(map(len, guided_text))
+    flat = graded.rewards
+    width = max((len(g) for g in r.auto.completions), default=0)
+    auto = group_rewards(flat[:n_auto], r.auto.completions, width)  # [B, G_a]
+    guided = group_rewards(flat[n_auto:n_auto + n_guided], r.guided.completions,
+                           ctx.algo.group_guided) if r.guided else None  # [B, G_g]
+    reference = torch.tensor(flat[n_auto + n_guided:]) if ref_text else None  # [B]
+    return Rewards(auto, guided, r.has_strategy, reference, graded)
 
 
 # -- 3. advantages ---------------------------------------------------------------------------
@@ -298,7 +318,19 @@ def step_stats(method: str, r: StepRollouts, rewards: Rewards, w: torch.Tensor |
                       "no_strategy": torch.tensor([float((~has).sum())])})
     if w is not None:
         stats.update({"weight": w, "weight_guided": w[rewards.has_strategy]})
+    if rewards.graded is not None:
+        stats.update(reward_function_stats(rewards.graded))
     return stats
+
+
+def reward_function_stats(graded: Graded) -> dict[str, torch.Tensor]:
+    """Per reward function, over every completion graded this step: its values ``reward/fn/NAME``
+    (NaN where not applicable or failed) and its failed calls ``reward/failed/NAME`` (0/1)."""
+    out = {}
+    for name, values in graded.values.items():
+        out[f"reward/fn/{name}"] = torch.tensor([float("nan") if v is None else v for v in values])
+        out[f"reward/failed/{name}"] = torch.tensor([float(f) for f in graded.failed[name]])
+    return out
 
 
 def _lengths(groups: list[list[Completion]]) -> torch.Tensor:

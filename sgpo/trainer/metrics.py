@@ -46,6 +46,9 @@ class StepMetrics:
             elif key == "weight":
                 rec["weight/mean"] = float(v.mean()) if v.numel() else float("nan")
                 rec["weight/nonzero_frac"] = float((v > 0).float().mean()) if v.numel() else float("nan")
+            elif key.startswith("reward/failed/"):  # 0/1 per call of one reward function
+                rec[f"reward/failure_share/{key[len('reward/failed/'):]}"] = float(v.mean()) if v.numel() else 0.0
+                rec["reward/failures"] = rec.get("reward/failures", 0.0) + float(v.sum())
             elif key == "weight_guided":
                 rec["weight/mean_with_strategy"] = float(v.mean()) if v.numel() else float("nan")
             else:

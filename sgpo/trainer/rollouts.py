@@ -13,7 +13,6 @@ from sgpo import prompts
 from sgpo.core import teacher_targets_from_logits
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig, encode_prompts  # noqa: F401  (re-exported)
-from sgpo.rewards import score
 
 
 @dataclass
@@ -46,13 +45,14 @@ def generate_groups(generator: Generator, requests: list[tuple[list[list[int]], 
     return out
 
 
-def score_groups(groups: list[list[Completion]], answers: list[str], width: int) -> torch.Tensor:
-    """Rewards [B, width] of completions[b][g] against answer b with :func:`sgpo.rewards.score`
-    (1.0 verified correct, else 0.0); rows with fewer samples (no strategy) are 0-padded."""
+def group_rewards(flat: list[float], groups: list[list[Completion]], width: int) -> torch.Tensor:
+    """Rewards [B, width] of completions[b][g] from ``flat`` (their rewards in row-major
+    order); rows with fewer samples (no strategy) are 0-padded."""
     out = torch.zeros(len(groups), width)
-    for b, (group, answer) in enumerate(zip(groups, answers)):
-        for g, c in enumerate(group):
-            out[b, g] = score(c.text, answer)
+    it = iter(flat)
+    for b, group in enumerate(groups):
+        for g in range(len(group)):
+            out[b, g] = next(it)
     return out
 
 

@@ -17,6 +17,7 @@ import torch
 
 from sgpo.data import Problem, ProblemSet, check_prompt_lengths, load_problems
 from sgpo.models import check_model_source
+from sgpo.rewards.functions import RewardFunctions, check_failure_share
 from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import PolicyLoss
@@ -86,6 +87,7 @@ class Trainer:
             check_model_source(cfg.model.name_or_path, "model.name_or_path")
         set_seed(cfg.training.seed)
         self.problems = problems if problems is not None else load_training_problems(cfg)
+        self.reward_functions = RewardFunctions(cfg.reward)  # imported before the model loads: errors come early
         self.tokenizer, lm = self._load_model(model, tokenizer)
         # an in-memory model (single process, not partitioned) is copied; otherwise the path is reloaded
         initial = copy.deepcopy(lm) if model is not None and cfg.algorithm.teacher == "initial" else None
@@ -182,7 +184,8 @@ class Trainer:
             from accelerate.utils import gather_object as gather
         teacher = initial if initial is not None else lm  # algorithm.teacher: initial | rollout
         return StepContext(self.tokenizer, self._generator(lm), lm, teacher, self.cfg.algorithm, self.cfg.loss,
-                           self.pad_id, system.micro_batch_size, system.chunk_size, self.cfg.data.style(), gather)
+                           self.pad_id, system.micro_batch_size, system.chunk_size, self.cfg.data.style(), gather,
+                           self.reward_functions)
 
     def rollout(self, timer: PhaseTimer) -> StepBatch:
         """This process's share of the step's problems through the phases of sgpo.trainer.methods."""
@@ -270,6 +273,8 @@ class Trainer:
             self.run_folder.log_metrics(record)
         acc.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
         bar.update(1)
+        shares = {k[len("reward/failure_share/"):]: v for k, v in record.items() if k.startswith("reward/failure_share/")}
+        check_failure_share(shares, cfg.reward.max_failure_share, f"step {self.step}")  # the same record on every process
         bar.set_postfix(loss=f"{loss:.4f}", p_a=f"{record.get('p_auto', float('nan')):.2f}")
         if self.nonfinite_run >= cfg.training.max_nonfinite_in_a_row:
             raise RuntimeError(f"{self.nonfinite_run} steps in a row had a non-finite loss or gradient norm "
