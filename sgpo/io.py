@@ -7,11 +7,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sgpo.errors import UserError
+from sgpo.locks import exclusive_lock  # noqa: F401  (re-exported: the lock lived here)
 
 
 class DataError(UserError):
@@ -149,27 +149,6 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> 
             raise WriteError(path, e) from None
     finally:
         os.close(fd)
-
-
-@contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str = "another sgpo process") -> Iterator[None]:
-    """Hold an exclusive advisory lock (flock) on ``path`` (created if missing) while a job
-    appends to it, so two runs cannot interleave records or do the same work twice. A second
-    holder fails at once with a :class:`UserError`; the lock goes with the process."""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise WriteError(path, e) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{path} is being written by {what}; wait for it to finish or choose another output") from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def ensure_writable_dir(path: str | os.PathLike, setting: str) -> None:

@@ -14,6 +14,7 @@ import time
 
 from sgpo.cli import main
 from sgpo.io import exclusive_lock, read_jsonl_tolerant
+from sgpo.strategies.extract import lock_path
 from sgpo.strategies.loopback import LoopbackChatServer, Reply, strategy_reply
 from tests.test_extract import extract_argv, write_input
 
@@ -103,9 +104,10 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, capsys):
         assert main(argv) == 2  # while the first run is in flight
         assert first.wait(timeout=60) == 0, first.stderr.read()
         assert len(server.requests) == 2  # each problem asked once
-    assert "being written by another sgpo extract" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "being written by another sgpo extract" in err and f"pid {first.pid}," in err  # names the holder
     assert sorted(r["id"] for r in read_jsonl_tolerant(out)) == ["a", "b"]
-    with exclusive_lock(out):  # released when the first run ended
+    with exclusive_lock(lock_path(out)):  # released when the first run ended
         pass
 
 

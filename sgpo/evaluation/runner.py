@@ -321,6 +321,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     from sgpo.evaluation.benchmarks import load_benchmark
     from sgpo.evaluation.report import results_markdown
     from sgpo.io import ensure_writable_dir
+    from sgpo.locks import folder_lock
     from sgpo.models import check_model_source
 
     cfg.validate()
@@ -338,6 +339,11 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     check_model_source(cfg.model, "--model")
     out = Path(cfg.output_dir)
     ensure_writable_dir(out, "--output-dir")
+    with folder_lock(out, "sgpo eval"):  # one writer per folder: no problem generated twice
+        return _run_locked(cfg, benches, style, out)
+
+
+def _run_locked(cfg: EvalConfig, benches: list[Any], style: PromptStyle, out: Path) -> dict[str, Any]:
     batch_size = cfg.batch_size or (32 if cfg.backend == "hf" else 1024)
     model, tokenizer, generator = _load_generator(cfg, batch_size, benches, style)
     sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)

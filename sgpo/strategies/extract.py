@@ -143,7 +143,7 @@ async def run_extraction(problems: list[Problem], client: TeacherClient, output:
     request again."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(output, "another sgpo extract"):
+    with exclusive_lock(lock_path(output), "sgpo extract"):
         return await _run_locked(problems, client, output, config, equivalent)
 
 
@@ -190,6 +190,11 @@ async def _run_locked(problems: list[Problem], client: TeacherClient, output: Pa
     write_json_atomic(summary_path(output), summary)
     print(format_summary(summary), file=sys.stderr)
     return summary
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of an extraction output (``OUTPUT.lock``; it names the running extract)."""
+    return Path(output).with_name(Path(output).name + ".lock")
 
 
 def summary_path(output: str | os.PathLike) -> Path:

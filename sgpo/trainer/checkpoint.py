@@ -91,6 +91,7 @@ class RunFolder:
         self.path = Path(path)
         self.save_total_limit = save_total_limit  # 0 = keep every checkpoint
         self.metrics_file = self.path / METRICS_FILE
+        self._lock: Any = None
 
     # -- what the folder holds -----------------------------------------------------------------
     def _checkpoint_dirs(self) -> list[Path]:
@@ -109,6 +110,14 @@ class RunFolder:
             raise RunFolderError(f"run.output_dir {self.path} is a file, not a folder")
         if is_main_process:
             ensure_writable_dir(self.path, "run.output_dir")
+            self.lock()
+        try:
+            self._check(config, resume=resume, overwrite=overwrite, is_main_process=is_main_process)
+        except BaseException:
+            self.release()
+            raise
+
+    def _check(self, config: dict[str, Any], *, resume: bool, overwrite: bool, is_main_process: bool) -> None:
         held = self.holds_a_run()
         if not held:
             return
@@ -132,6 +141,19 @@ class RunFolder:
             raise RunFolderError(f"{self.path} holds a run with other settings: {changed}; resuming would mix two "
                                  "runs. Choose another --output-dir, or pass --overwrite (run.overwrite=true) to "
                                  "delete the earlier run")
+
+    def lock(self) -> None:
+        """Take the folder's one-writer lock (:mod:`sgpo.locks`) until :meth:`release`: a second
+        ``sgpo train`` into the folder, ``--overwrite`` included, stops at once naming this one."""
+        from sgpo.locks import HeldLock, folder_lock
+
+        if self._lock is None:
+            self._lock = HeldLock(folder_lock(self.path, "sgpo train"))
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def holds_a_run(self) -> list[str]:
         """Names of the run outputs in the folder (empty for a new folder, or one where a run

@@ -71,7 +71,6 @@ class Trainer:
         """``problems``, ``model``, ``tokenizer`` replace what ``cfg`` names; ``generator`` (a
         :class:`sgpo.generation.Generator`) replaces ``system.generation_backend`` (tests script one)."""
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         self.cfg = cfg.validate()
         self.out = Path(cfg.run.output_dir)
@@ -81,7 +80,17 @@ class Trainer:
                                        step_scheduler_with_optimizer=False)
         self.run_folder = RunFolder(self.out, cfg.run.save_total_limit)
         self.run_folder.prepare(cfg.to_dict(), resume=cfg.run.resume, overwrite=cfg.run.overwrite,
-                                is_main_process=self.accelerator.is_main_process)
+                                is_main_process=self.accelerator.is_main_process)  # locks the folder
+        try:
+            self._set_up(cfg, problems, model, tokenizer, generator)
+        except BaseException:
+            self.run_folder.release()
+            raise
+
+    def _set_up(self, cfg: TrainConfig, problems: ProblemSet | None, model: Any, tokenizer: Any,
+                generator: Any) -> None:
+        from accelerate.utils import set_seed
+
         self.accelerator.wait_for_everyone()
         if model is None:
             check_model_source(cfg.model.name_or_path, "model.name_or_path")
@@ -234,6 +243,13 @@ class Trainer:
         return metrics, updates
 
     def train(self) -> TrainResult:
+        """Train to ``training.max_steps``, holding the run folder's lock until the end."""
+        try:
+            return self._train()
+        finally:
+            self.run_folder.release()
+
+    def _train(self) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
         self.maybe_resume()
         if acc.is_main_process:
