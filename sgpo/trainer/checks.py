@@ -31,6 +31,10 @@ RANGES: dict[str, tuple[float, bool, float | None]] = {
     "reward.timeout_s": (0.0, True, None),
     "reward.max_failure_share": (0.0, False, 1.0),
     "reward.threads": (0, False, None),
+    "eval.probe_every": (0, False, None),
+    "eval.probe_samples": (1, False, None),
+    "eval.probe_temperature": (0.0, False, None),
+    "eval.probe_top_p": (0.0, True, 1.0),
 }
 
 

@@ -118,6 +118,17 @@ class RunConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The learning-curve probe: unguided accuracy on a fixed problem file during training."""
+
+    probe_every: int = 0  # probe every N steps and at the last step; 0 = no probe
+    probe_file: str = ""  # JSONL/Parquet with id, problem, answer (strategies are ignored: unguided)
+    probe_samples: int = 2  # k samples per probe problem (probe/avg@k)
+    probe_temperature: float = 0.6  # sampling temperature of the probe
+    probe_top_p: float = 0.95  # nucleus sampling of the probe
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -127,6 +138,7 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: ProbeConfig = field(default_factory=ProbeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"data.min_strategy_coverage = {self.data.min_strategy_coverage}: must be in [0, 1]")
         if not self.data.path:
             raise ValueError("data.path is required (a JSONL/Parquet file or a dataset)")
+        if self.eval.probe_every and not self.eval.probe_file:
+            raise ValueError(f"eval.probe_every = {self.eval.probe_every} needs eval.probe_file (the probe problems)")
         self.data.style()  # checks data.fewshot
         self.reward.validate()
         return self

@@ -116,6 +116,7 @@ class Trainer:
             optimizer, scheduler)
         self.teacher = self._frozen_initial_policy(initial) if cfg.algorithm.teacher == "initial" else None
         self.generator, self.fixed_generator = generator, generator is not None
+        self.probe_rows = _probe_rows(cfg)
         self.step, self.competence, self.skipped, self.nonfinite_run = 0, {}, 0, 0
         self.history: list[dict[str, float]] = []
         if self.accelerator.is_main_process:
@@ -284,6 +285,7 @@ class Trainer:
         record = StepMetrics.build(acc, self.step, batch, metrics, updates=len(updates), grad_norm=norm, lr=lr,
                                    skipped=self.skipped, time_rollout=timer.seconds.pop("time/rollout"),
                                    time_update=timer.seconds.pop("time/update"), **timer.seconds)
+        record.update(self.probe())
         self.history.append(record)
         if acc.is_main_process and self.step % cfg.run.logging_steps == 0:
             self.run_folder.log_metrics(record)
@@ -297,6 +299,38 @@ class Trainer:
                                f"(last loss {loss}, grad norm {norm}); stopping. Lower the learning rate or check the data.")
         if cfg.run.save_steps and self.step % cfg.run.save_steps == 0:
             self.save_checkpoint()
+
+    def probe(self) -> dict[str, float]:
+        """Unguided accuracy on ``eval.probe_file`` every ``eval.probe_every`` steps and at the
+        last step (``probe/avg@k``, ``probe/pass@k``, ``probe/n``), scored by the evaluation's
+        own path (:func:`sgpo.evaluation.runner.evaluate_records`). Each process samples its
+        share of the problems; per-problem scores go to ``probe.jsonl`` in the run folder."""
+        e, acc = self.cfg.eval, self.accelerator
+        if not e.probe_every or (self.step % e.probe_every and self.step != self.cfg.training.max_steps):
+            return {}
+        from sgpo.compat import unwrap_model_for_generation
+        from sgpo.evaluation.metrics import mean_pass_at_k, per_problem_accuracy
+        from sgpo.evaluation.runner import evaluate_records
+        from sgpo.generation import SamplingConfig
+        from sgpo.io import append_jsonl
+
+        sampling = SamplingConfig(temperature=e.probe_temperature, top_p=e.probe_top_p,
+                                  max_new_tokens=self.cfg.algorithm.max_new_tokens, seed=self.cfg.training.seed)
+        mine = self.probe_rows[acc.process_index::acc.num_processes]
+        with unwrap_model_for_generation(self.module, acc) as unwrapped:
+            _, records = evaluate_records(unwrapped.lm, self.tokenizer, mine, "probe", sampling, e.probe_samples,
+                                          batch_size=self.cfg.system.generation_batch_size, show_progress=False,
+                                          style=self.cfg.data.style(), model_id=f"probe-step-{self.step}")
+        rows = [{"step": self.step, "id": r["id"], "scores": r["scores"]} for r in records]
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
+        if acc.is_main_process:
+            append_jsonl(self.out / "probe.jsonl", rows)
+        scores = [r["scores"] for r in rows]
+        return {"probe/avg@k": float(sum(per_problem_accuracy(scores)) / len(scores)),
+                "probe/pass@k": mean_pass_at_k(scores, e.probe_samples), "probe/n": float(len(scores))}
 
     def _finish(self) -> TrainResult:
         acc = self.accelerator
@@ -336,6 +370,15 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
+
+
+def _probe_rows(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The probe's problems, unguided; read (and checked) before training starts."""
+    if not cfg.eval.probe_every:
+        return []
+    from sgpo.evaluation.benchmarks import load_benchmark
+
+    return [dict(p, strategy=None) for p in load_benchmark(cfg.eval.probe_file).problems]
 
 
 def train(cfg: TrainConfig, problems: ProblemSet | None = None, model: Any = None, tokenizer: Any = None) -> TrainResult:
