@@ -36,7 +36,8 @@ def test_core_sources_import_only_torch_stdlib_and_core():
 # Layers, lowest first: a module imports only lower layers and its own unit (a top-level
 # module or a subpackage). The CLI is the top; the demo drives the trainer and evaluation.
 LAYERS = [
-    {"sgpo.core", "sgpo.errors", "sgpo.locks"},
+    {"sgpo.core", "sgpo.errors"},
+    {"sgpo.locks"},
     {"sgpo.io", "sgpo.schema", "sgpo.prompts", "sgpo.compat", "sgpo.models"},
     {"sgpo.rewards", "sgpo.data", "sgpo.generation", "sgpo.world"},
     {"sgpo.strategies", "sgpo.evaluation"},
