@@ -46,16 +46,42 @@ def _decode_lines(path: Path) -> list[str]:
     return out
 
 
+JSONL_EXPECTED = "expected JSON Lines (one JSON object per line) or a .json file holding an array of objects"
+
+
 def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    for lineno, line in enumerate(_decode_lines(path), start=1):
+    lines = _decode_lines(path)
+    if path.suffix.lower() == ".json":
+        text = "\n".join(lines)
+        if text.lstrip().startswith("["):
+            yield from _json_array(path, text)
+            return
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(str(path), f"invalid JSON ({e.msg} at column {e.colno})", row=lineno) from None
+            raise DataError(str(path), f"invalid JSON ({e.msg} at column {e.colno}); {JSONL_EXPECTED}",
+                            row=lineno) from None
         if not isinstance(rec, dict):
-            raise DataError(str(path), f"expected a JSON object, got {type(rec).__name__}", row=lineno)
+            raise DataError(str(path), f"expected a JSON object, got {type(rec).__name__}; {JSONL_EXPECTED}",
+                            row=lineno)
+        yield rec
+
+
+def _json_array(path: Path, text: str) -> Iterator[dict[str, Any]]:
+    """The rows of a ``.json`` file holding one array of objects (row N = the N-th element)."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(str(path), f"invalid JSON array ({e.msg} at line {e.lineno}, column {e.colno}); "
+                        f"{JSONL_EXPECTED}") from None
+    if not isinstance(rows, list):
+        raise DataError(str(path), f"expected an array of objects, got {type(rows).__name__}; {JSONL_EXPECTED}")
+    for row, rec in enumerate(rows, start=1):
+        if not isinstance(rec, dict):
+            raise DataError(str(path), f"array element is {type(rec).__name__}, expected a JSON object", row=row)
         yield rec
 
 
@@ -63,7 +89,8 @@ def read_records(source: str | os.PathLike, split: str = "train") -> list[dict[s
     """Read rows from a ``.jsonl``/``.json`` file, a ``.parquet`` file, or a Hugging Face
     dataset (a local ``save_to_disk`` folder or a Hub id). Returns plain dicts.
 
-    Row numbers in errors are 1-based line numbers for JSONL and 1-based row indices otherwise.
+    A ``.json`` file may be JSON Lines or one array of objects. Row numbers in errors are
+    1-based line numbers for JSONL and 1-based row indices otherwise (array elements included).
     """
     path = Path(source)
     suffix = path.suffix.lower()

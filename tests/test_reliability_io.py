@@ -80,3 +80,22 @@ def test_non_utf8_input_names_file_and_row(tmp_path, name):
         read_records(path)
     with pytest.raises(DataError, match="row 2: not UTF-8"):
         read_jsonl_tolerant(path)
+
+
+def test_a_json_file_holding_an_array_of_objects_is_read_as_rows(tmp_path):
+    rows = [{"problem": "1 + 1?", "answer": "2"}, {"problem": "2 + 2?", "answer": "4"}]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(rows, indent=2))  # pretty-printed, as `json.dump` users write it
+    assert read_records(path) == rows
+    path.write_text(json.dumps([rows[0], "text"]))
+    with pytest.raises(DataError, match="data.json, row 2: array element is str, expected a JSON object"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("name,text", [("one.json", '{\n  "problem": "1 + 1?",\n  "answer": "2"\n}\n'),
+                                       ("rows.jsonl", '[1, 2]\n'), ("cut.json", '[{"problem": "x"}\n')])
+def test_anything_else_that_is_not_json_lines_says_so(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError, match=f"{name}.*expected JSON Lines \\(one JSON object per line\\)"):
+        read_records(path)
