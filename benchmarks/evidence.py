@@ -3,10 +3,11 @@
 (keyword, noun) combinations.
 
 Each run uses the settings of the default ``sgpo demo`` (sgpo.demo.run.DemoSettings): the
-same pre-trained world model, problems, steps, prompts per step and sampling. Per problem and
-step, SGPO and its ablations sample G_a autonomous + G_g guided trajectories; GRPO samples
-G_a + G_g autonomous ones; LUFFY G_a + G_g - 1 on-policy plus the one worked solution; SFT
-samples nothing and imitates the worked solutions of the same prompts. Runs resume: finished
+same pre-trained world model, problems, steps, prompts per step and sampling. Every method
+spends ``samples_per_problem`` trajectories per problem and step, split by its entry of
+sgpo.trainer.specs.METHODS (SGPO, its ablations, imitation and guided_rl: G_g guided, the rest
+autonomous; GRPO: all autonomous; LUFFY: one of them the worked solution); SFT samples nothing
+and imitates the worked solutions of the same prompts. Runs resume: finished
 runs are read back from ``--work-dir``.
 
     PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE python benchmarks/evidence.py \
@@ -50,6 +51,7 @@ def run_one(work: Path, label: str, method: str, extra: list[str], seed: int) ->
     from sgpo.demo.run import DemoSettings, _evaluate, _train_config, _unguided, prepare_world
     from sgpo.models import load_model, load_tokenizer
     from sgpo.trainer.config import apply_overrides
+    from sgpo.trainer.specs import METHODS
     from sgpo.trainer.trainer import train
 
     root, name = work / f"seed{seed}", slug(label)
@@ -63,15 +65,13 @@ def run_one(work: Path, label: str, method: str, extra: list[str], seed: int) ->
     tok = load_tokenizer(d.model_path)
     cfg = _train_config(method, root, s, d.model_path, d.data_path)
     extra = extra + [f"run.output_dir={root / 'runs' / name}"]
-    if method == "luffy":  # the group holds G_a + G_g trajectories, one of them the worked solution
-        extra.append(f"algorithm.group_auto={s.group_auto + s.group_guided}")
     apply_overrides(cfg, sets=extra)
-    problems = load_problems(d.data_path, need_teacher_response=method in ("sft", "luffy"))
+    problems = load_problems(d.data_path, need_teacher_response=METHODS[method].needs_reference)
     result = train(cfg, problems=problems, model=load_model(d.model_path, dtype="float32"), tokenizer=tok)
     heldout = _evaluate(result.model, tok, _unguided(d.eval_rows), name, root, s)
     combos = _evaluate(result.model, tok, _unguided(d.combo_rows), f"{name}-combos", root, s)
     last = result.history[-1] if result.history else {}
-    rec = {"label": label, "method": method, "overrides": extra[:-1] if method != "luffy" else extra, "seed": seed,
+    rec = {"label": label, "method": method, "overrides": extra[:-1], "seed": seed,
            "heldout": {k: heldout[k] for k in ("avg@k", "ci95", "n", "k")},
            "combos": {k: combos[k] for k in ("avg@k", "ci95", "n", "k")},
            "final_p_auto": last.get("p_auto"), "minutes": round((time.perf_counter() - t0) / 60, 2)}
@@ -118,7 +118,7 @@ def table(results: dict[str, list[dict]], seeds: list[int], command: str, settin
     for label, recs in results.items():
         lines.append(f"| {label} | {_cell([r['heldout']['avg@k'] for r in recs])} | {_seeds(recs, 'heldout')} | "
                      f"{_cell([r['combos']['avg@k'] for r in recs])} | {_seeds(recs, 'combos')} |")
-    keys = ("steps", "prompts_per_step", "group_auto", "group_guided", "learning_rate", "train_temperature",
+    keys = ("steps", "prompts_per_step", "samples_per_problem", "group_guided", "learning_rate", "train_temperature",
             "eval_problems", "eval_samples", "eval_temperature", "top_k")
     lines += ["", "Settings: " + ", ".join(f"{k}={settings[k]}" for k in keys) + ".", "",
               f"Command: `{command}`", ""]

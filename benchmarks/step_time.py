@@ -24,9 +24,9 @@ STRATEGY = {"problem_type": "two-step arithmetic", "key_insight": "Compute the i
             "plan": ["Identify the two quantities", "Combine them in order", "Check the result"]}
 
 
-def step_times(method: str, model: str, steps: int, tokens: int, g_a: int, g_g: int, out: Path) -> list[float]:
+def step_times(method: str, model: str, steps: int, tokens: int, n: int, g_g: int, out: Path) -> list[float]:
     sets = [f"algorithm.method={method}", "data.path=unused", f"model.name_or_path={model}", "model.dtype=float32",
-            f"algorithm.group_auto={g_a}", f"algorithm.group_guided={g_g}", f"algorithm.max_new_tokens={tokens}",
+            f"algorithm.samples_per_problem={n}", f"algorithm.group_guided={g_g}", f"algorithm.max_new_tokens={tokens}",
             "algorithm.weight_mode=constant", "algorithm.distill_on=all", f"training.max_steps={steps + 1}",
             "training.prompts_per_step=4", "system.micro_batch_size=12", "system.generation_batch_size=48",
             "run.save_steps=0", "run.save_final_model=false", "run.progress=false", f"run.output_dir={out / method}"]
@@ -54,8 +54,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model path (default: a tiny random Llama with SmolLM2's tokenizer)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=64, help="max new tokens (the random model always uses them all)")
-    ap.add_argument("--group-auto", type=int, default=8)
-    ap.add_argument("--group-guided", type=int, default=4)
+    ap.add_argument("--samples-per-problem", type=int, default=12, help="trajectories per problem, both methods")
+    ap.add_argument("--group-guided", type=int, default=4, help="of which SGPO samples this many guided")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -64,11 +64,12 @@ def main() -> None:
             from sgpo.models import tiny_model
 
             model = str(tiny_model(out / "tiny", hidden_size=256, intermediate_size=512, num_hidden_layers=4))
-        total = args.group_auto + args.group_guided
-        sgpo = step_times("sgpo", model, args.steps, args.tokens, args.group_auto, args.group_guided, out)
-        grpo = step_times("grpo", model, args.steps, args.tokens, total, 0, out)
+        total = args.samples_per_problem
+        sgpo = step_times("sgpo", model, args.steps, args.tokens, total, args.group_guided, out)
+        grpo = step_times("grpo", model, args.steps, args.tokens, total, args.group_guided, out)
     s, g = statistics.median(sgpo), statistics.median(grpo)
-    print(f"trajectories per problem: SGPO {args.group_auto} autonomous + {args.group_guided} guided, GRPO {total} autonomous")
+    print(f"trajectories per problem: SGPO {total - args.group_guided} autonomous + {args.group_guided} guided, "
+          f"GRPO {total} autonomous")
     print(f"SGPO step: median {s:.2f} s  ({', '.join(f'{x:.2f}' for x in sgpo)})")
     print(f"GRPO step: median {g:.2f} s  ({', '.join(f'{x:.2f}' for x in grpo)})")
     print(f"ratio SGPO/GRPO: {s / g:.2f}x (target <= 1.3x)")

@@ -212,7 +212,7 @@ def test_teacher_initial_under_zero3(tiny_model_dir, tmp_path):
     data.write_text("".join(json.dumps({"id": f"q{i}", "problem": f"What is {i} + 2?", "answer": str(i + 2),
                                         "strategy": "Add the ones digits first."}) + "\n" for i in range(4)))
     sets = ["algorithm.method=sgpo", f"data.path={data}", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
-            "training.max_steps=2", "training.prompts_per_step=2", "algorithm.group_auto=2", "algorithm.group_guided=2",
+            "training.max_steps=2", "training.prompts_per_step=2", "algorithm.samples_per_problem=4", "algorithm.group_guided=2",
             "algorithm.max_new_tokens=8", "algorithm.distill_on=all", "algorithm.weight_mode=constant",
             "algorithm.teacher=initial", "run.save_steps=0", "run.progress=false"]
     out = tmp_path / "sgpo"

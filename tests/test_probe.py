@@ -30,7 +30,7 @@ def _run(world, name, *extra):
 
     root, model = world
     sets = ["algorithm.method=sgpo", f"data.path={root / 'train.jsonl'}", f"model.name_or_path={model}",
-            "model.dtype=float32", "algorithm.group_auto=4", "algorithm.group_guided=2", "algorithm.max_new_tokens=32",
+            "model.dtype=float32", "algorithm.samples_per_problem=6", "algorithm.group_guided=2", "algorithm.max_new_tokens=32",
             "algorithm.top_k=0", "training.max_steps=3", "training.prompts_per_step=4", "training.learning_rate=1e-3",
             "training.seed=3", "run.save_steps=0", "run.progress=false", "run.save_final_model=false",
             f"run.output_dir={root / name}", *extra]

@@ -39,7 +39,7 @@ def _cfg(tmp_path, method, model, *extra):
     sets = [f"algorithm.method={method}", "data.path=unused", f"run.output_dir={tmp_path / method}",
             f"model.name_or_path={model}", "model.dtype=float32", f"data.system_prompt={SYSTEM}",
             "data.instruction=Answer briefly and put the final answer in \\boxed{}.",
-            "algorithm.group_auto=4", "algorithm.group_guided=2", "algorithm.max_new_tokens=32", "algorithm.top_k=8",
+            "algorithm.samples_per_problem=6", "algorithm.group_guided=2", "algorithm.max_new_tokens=32", "algorithm.top_k=8",
             "algorithm.temperature=0.7", "training.max_steps=2", "training.prompts_per_step=4",
             "training.learning_rate=1e-4", "system.micro_batch_size=8", "training.seed=1", "run.save_steps=0",
             "run.progress=false", "algorithm.weight_mode=constant", "algorithm.distill_on=all", *extra]
@@ -106,7 +106,7 @@ def test_cli_train_on_a_jsonl_file(tmp_path, tiny_model_dir):
     data.write_text("".join(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n" for p in _problems().problems))
     args = ["train", "--method", "grpo", "--output-dir", str(tmp_path / "cli"), "--set", f"data.path={data}",
             "--set", f"model.name_or_path={tiny_model_dir}"]
-    for s in ["algorithm.group_auto=2", "algorithm.max_new_tokens=8", "training.max_steps=1",
+    for s in ["algorithm.samples_per_problem=2", "algorithm.max_new_tokens=8", "training.max_steps=1",
               "training.prompts_per_step=1", "run.progress=false", "run.save_final_model=false"]:
         args += ["--set", s]
     assert main(args) == 0

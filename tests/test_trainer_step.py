@@ -96,7 +96,7 @@ def _trainer(tmp_path, tiny_model_dir, *sets, name="run"):
     from sgpo.models import load_model, load_tokenizer
 
     cfg = load_config(None, ["data.path=unused", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
-                             "algorithm.group_auto=4", "algorithm.group_guided=2", "training.prompts_per_step=4",
+                             "algorithm.samples_per_problem=6", "algorithm.group_guided=2", "training.prompts_per_step=4",
                              "run.progress=false", "run.save_steps=0", f"run.output_dir={tmp_path / name}", *sets])
     tok = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), dtype="float32")
@@ -225,7 +225,9 @@ def test_normalizer_all_divides_by_every_loss_token_and_rl_matches_grpo(tmp_path
     scale = n_rl / (n_rl + n_distill)  # with 'all' SGPO's RL term shrinks by N_auto / N_tok
     assert _terms(metrics, "loss/rl") == pytest.approx(ref_rl * scale, rel=1e-6)
     assert _terms(metrics, "loss/distill") == pytest.approx(ref_distill * scale, rel=1e-5)
-    grpo, _ = _trainer(tmp_path, peaky_model_dir, "algorithm.method=grpo", name="grpo")
+    # GRPO on the same 4 autonomous samples (its whole budget: the scripted groups have 4)
+    grpo, _ = _trainer(tmp_path, peaky_model_dir, "algorithm.method=grpo", "algorithm.samples_per_problem=4",
+                       name="grpo")
     g_metrics, _ = grpo.update(grpo.rollout(PhaseTimer()).sequences)
     assert _terms(g_metrics, "loss/rl") == pytest.approx(_terms(default_step["metrics"], "loss/rl"), rel=1e-6)
 

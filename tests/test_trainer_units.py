@@ -16,8 +16,8 @@ from sgpo.trainer.trainer import step_problems
 def test_yaml_and_set_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("algorithm:\n  method: grpo\n  top_k: 16\ntraining:\n  learning_rate: 2.0e-6\ndata:\n  path: x.jsonl\n")
-    cfg = load_config(p, ["algorithm.group_auto=6", "training.learning_rate=1", "run.report_to=tensorboard,wandb"])
-    assert cfg.algorithm.method == "grpo" and cfg.algorithm.top_k == 16 and cfg.algorithm.group_auto == 6
+    cfg = load_config(p, ["algorithm.samples_per_problem=6", "training.learning_rate=1", "run.report_to=tensorboard,wandb"])
+    assert cfg.algorithm.method == "grpo" and cfg.algorithm.top_k == 16 and cfg.algorithm.samples_per_problem == 6
     assert cfg.training.learning_rate == 1.0 and isinstance(cfg.training.learning_rate, float)
     assert cfg.run.report_to == ["tensorboard", "wandb"]
     cfg.validate()
@@ -25,7 +25,7 @@ def test_yaml_and_set_overrides(tmp_path):
 
 @pytest.mark.parametrize("sets, needle", [
     (["algorithm.nope=1"], "algorithm.nope"),
-    (["algorithm.group_auto=abc"], "expected int"),
+    (["algorithm.samples_per_problem=abc"], "expected int"),
     (["loss.proximal=c9", "data.path=x"], "loss.proximal"),
     (["algorithm.tau=0.1"], "algorithm.tau': it moved to 'loss.tau'"),
     (["training.micro_batch_size=2"], "moved to 'system.micro_batch_size'"),

@@ -42,8 +42,8 @@ class DemoSettings:
     eval_problems: int = 64  # per held-out split (problems, and combinations for the world)
     eval_samples: int = 4  # k for avg@k on held-out problems
     prompts_per_step: int = 8
-    group_auto: int = 4  # SGPO: G_a autonomous + G_g guided; GRPO: G_a + G_g autonomous
-    group_guided: int = 4
+    samples_per_problem: int = 8  # trajectories per problem, every method (algorithm.samples_per_problem)
+    group_guided: int = 4  # of which SGPO samples this many guided, GRPO none
     max_new_tokens: int = 32
     learning_rate: float = 1e-4  # 3e-4 already degrades the tiny model's guided success within 10 steps
     train_temperature: float = 1.0
@@ -61,12 +61,12 @@ class DemoSettings:
             return cls()
         if quick:
             return cls(model="smollm2", steps=2, train_problems=32, eval_problems=16, eval_samples=1,
-                       prompts_per_step=2, group_auto=2, group_guided=2, max_new_tokens=48, learning_rate=3e-5,
+                       prompts_per_step=2, samples_per_problem=4, group_guided=2, max_new_tokens=48, learning_rate=3e-5,
                        train_temperature=0.7, top_k=32)
         # measured: 5 steps made the SmolLM2 run 14.3 min; 0.7, not the spec's 1.0: at 1.0
         # SmolLM2-135M's samples are mostly noise (measured p_a = 0)
         return cls(model="smollm2", steps=4, train_problems=128, eval_problems=32, eval_samples=2,
-                   prompts_per_step=4, group_auto=4, group_guided=2, max_new_tokens=48, learning_rate=3e-5,
+                   prompts_per_step=4, samples_per_problem=6, group_guided=2, max_new_tokens=48, learning_rate=3e-5,
                    train_temperature=0.7, top_k=32)
 
     @classmethod
@@ -131,9 +131,8 @@ def prepare_smollm2(out: Path, s: DemoSettings) -> DemoData:
 def _train_config(method: str, out: Path, s: DemoSettings, model_path: str, data_path: str = "procedural") -> Any:
     from sgpo.trainer.config import load_config
 
-    g_a = s.group_auto if method == "sgpo" else s.group_auto + s.group_guided  # same trajectories per problem
     sets = [f"algorithm.method={method}", f"data.path={data_path}", f"model.name_or_path={model_path}",
-            "model.dtype=float32", f"algorithm.group_auto={g_a}", f"algorithm.group_guided={s.group_guided}",
+            "model.dtype=float32", f"algorithm.samples_per_problem={s.samples_per_problem}", f"algorithm.group_guided={s.group_guided}",
             f"algorithm.max_new_tokens={s.max_new_tokens}", f"algorithm.top_k={s.top_k}",
             f"algorithm.temperature={s.train_temperature}",
             f"training.max_steps={s.steps}", f"training.prompts_per_step={s.prompts_per_step}",

@@ -6,8 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+from sgpo.trainer.specs import METHODS
+
 HELP = """Train a policy with SGPO or a baseline (grpo, sft, luffy) or an ablation (imitation,
-guided_rl) from a YAML config. Runs as is on one device; under `accelerate launch` on several
+guided_rl) from a YAML config. Every method that samples draws algorithm.samples_per_problem
+trajectories per problem (guided methods: algorithm.group_guided of them guided; luffy: one is
+the strong-model trace); metrics.jsonl logs the split as samples/auto and samples/guided. Runs as is on one device; under `accelerate launch` on several
 processes (DDP, FSDP, DeepSpeed ZeRO-3). The output directory holds the resolved config
 (config.json), metrics.jsonl (one JSON object per step), checkpoints (checkpoint-STEP, resumed
 automatically) and the final model (final/). A folder holds one run: resuming with other
@@ -20,7 +24,7 @@ def register(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config with sections model, data, algorithm, training, run "
                                     "(e.g. configs/cpu-tiny.yaml)")
-    p.add_argument("--method", help="override algorithm.method: sgpo, grpo, sft, luffy, imitation, guided_rl")
+    p.add_argument("--method", help="override algorithm.method: " + ", ".join(METHODS))
     p.add_argument("--output-dir", help="override run.output_dir")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config field, e.g. --set algorithm.top_k=32 (repeatable)")

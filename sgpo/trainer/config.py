@@ -22,8 +22,7 @@ from sgpo.core import ADVANTAGE_SCALES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES
 from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
 from sgpo.rewards.functions import RewardConfig
 from sgpo.trainer.checks import check_values
-
-METHODS = ("sgpo", "grpo", "sft", "luffy", "imitation", "guided_rl")
+from sgpo.trainer.specs import METHODS, method_spec
 
 
 @dataclass
@@ -59,9 +58,12 @@ class DataConfig:
 
 @dataclass
 class AlgorithmConfig:
-    method: str = "sgpo"  # sgpo | grpo | sft | luffy | imitation | guided_rl
-    group_auto: int = 8  # G_a autonomous rollouts per problem
-    group_guided: int = 4  # G_g strategy-guided rollouts per problem
+    method: str = "sgpo"  # sgpo | grpo | sft | luffy | imitation | guided_rl (sgpo.trainer.specs.METHODS)
+    # N trajectories sampled per problem, the same for every method: sgpo, imitation, guided_rl
+    # take G_g guided + N - G_g autonomous; luffy N - 1 on-policy + the strong-model trace; grpo
+    # N autonomous; sft samples none (sgpo.trainer.specs.MethodSpec.budget)
+    samples_per_problem: int = 12
+    group_guided: int = 4  # G_g of the N: strategy-guided rollouts per problem (guided methods)
     temperature: float = 1.0  # sampling temperature; log-probs of every term use the same one
     top_p: float = 1.0  # nucleus sampling of rollouts
     max_new_tokens: int = 512  # rollout length limit (longer completions are cut and score 0)
@@ -146,7 +148,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         a, t, s, loss = self.algorithm, self.training, self.system, self.loss
         check_values(self)  # types, finite numbers, ranges
-        _choice("algorithm.method", a.method, METHODS)
+        _choice("algorithm.method", a.method, tuple(METHODS))
         _choice("algorithm.adv_scale", a.adv_scale, ADVANTAGE_SCALES)
         _choice("algorithm.luffy_adv_scale", a.luffy_adv_scale, ADVANTAGE_SCALES)
         _choice("algorithm.distill_on", a.distill_on, ("correct", "all"))
@@ -156,10 +158,7 @@ class TrainConfig:
         _choice("loss.proximal", loss.proximal, PROXIMAL_MODES)
         _choice("loss.normalizer", loss.normalizer, NORMALIZERS)
         _choice("system.generation_backend", s.generation_backend, ("hf", "vllm", "vllm-server"))
-        if a.method != "sft" and a.group_auto < (2 if a.method != "luffy" else 1):
-            raise ValueError("algorithm.group_auto must be >= 2 (advantages need a group)")
-        if a.method in ("sgpo", "imitation", "guided_rl") and a.group_guided < 1:
-            raise ValueError(f"algorithm.group_guided must be >= 1 for method '{a.method}'")
+        method_spec(a.method).check_budget(a.samples_per_problem, a.group_guided)
         if a.top_k < 0 or t.prompts_per_step < 1 or s.micro_batch_size < 1 or t.max_steps < 1 or s.chunk_size < 1:
             raise ValueError("algorithm.top_k >= 0, training.prompts_per_step >= 1, system.micro_batch_size >= 1, "
                              "training.max_steps >= 1, system.chunk_size >= 1 required")
@@ -211,7 +210,11 @@ MOVED = {**{f"algorithm.{k}": f"loss.{k}" for k in ("eps_low", "eps_high", "dist
                                                      "proximal", "tau", "c1_eps", "c3_clip", "luffy_gamma")},
          **{f"training.{k}": f"system.{k}" for k in ("micro_batch_size", "generation_backend", "generation_batch_size",
                                                       "vllm_gpu_memory_utilization", "vllm_host", "vllm_port")},
-         "training.distill_chunk_size": "system.chunk_size"}
+         "training.distill_chunk_size": "system.chunk_size",
+         "algorithm.group_auto": "algorithm.samples_per_problem"}
+# what changed beyond the name, appended to the error
+MOVE_NOTES = {"algorithm.group_auto": " (N trajectories per problem for every method; the autonomous share "
+                                      "G_a = N - algorithm.group_guided for the guided methods, N - 1 for luffy)"}
 
 
 def _set(cfg: TrainConfig, section: str, key: str, value: Any, parse: bool) -> None:
@@ -222,7 +225,7 @@ def _set(cfg: TrainConfig, section: str, key: str, value: Any, parse: bool) -> N
     target = getattr(cfg, section)
     if key not in {f.name for f in dataclasses.fields(target)}:
         moved = MOVED.get(f"{section}.{key}")
-        hint = f": it moved to '{moved}'" if moved else ""
+        hint = f": it moved to '{moved}'{MOVE_NOTES.get(f'{section}.{key}', '')}" if moved else ""
         raise ValueError(f"unknown config key '{section}.{key}'{hint}")
     if parse:
         try:

@@ -1,8 +1,11 @@
-"""One step of every method as named phases, in the order the trainer runs them:
+"""One step of every method as named phases, in the order the trainer runs them. Each phase
+reads the method's entry of :data:`sgpo.trainer.specs.METHODS` (what is sampled, which loss
+role each set of trajectories feeds), never the method's name:
 
 1. :func:`sample`: G_a autonomous rollouts per problem from the unguided prompt and, for the
-   guided methods, G_g rollouts from the prompt with the strategy (one generation call);
-   the strong-model responses for sft and luffy.
+   guided methods, G_g rollouts from the prompt with the strategy (one generation call), G_a
+   and G_g the method's split of ``algorithm.samples_per_problem``; the strong-model
+   responses where the method needs them.
 2. :func:`score`: rewards from the run's reward functions (:mod:`sgpo.rewards.functions`; by
    default the math grader, 1 verified correct else 0), [B, G_a] and [B, G_g], graded in parallel.
 3. :func:`advantages`: group-relative advantages (:func:`sgpo.core.group_advantages`).
@@ -30,6 +33,7 @@ from sgpo.prompts import PromptStyle
 from sgpo.rewards.functions import Graded, RewardFunctions
 from sgpo.trainer.batch import TrainSequence
 from sgpo.trainer.config import AlgorithmConfig
+from sgpo.trainer.specs import MethodSpec, method_spec
 from sgpo.trainer.rollouts import (
     encode_prompts,
     generate_groups,
@@ -40,12 +44,6 @@ from sgpo.trainer.rollouts import (
 )
 
 MENTION_WORDS = ("strategy", "hint")
-GUIDED_METHODS = ("sgpo", "imitation", "guided_rl")  # sample strategy-guided rollouts
-WEIGHTED_METHODS = ("sgpo", "imitation")  # learn from guided rollouts with the instance weight
-
-
-def method_uses_guidance(method: str) -> bool:
-    return method in GUIDED_METHODS
 
 
 def local_gather(values: list) -> list:
@@ -71,6 +69,10 @@ class StepContext:
     gather: Callable[[list], list] = local_gather
     rewards: RewardFunctions = field(default_factory=RewardFunctions)  # the run's reward functions (reward section)
 
+    @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self.algo.method)
+
 
 @dataclass
 class Rollouts:
@@ -83,10 +85,10 @@ class Rollouts:
 @dataclass
 class StepRollouts:
     problems: list[Problem]  # B
-    auto: Rollouts  # unguided prompt x: the student's context; G_a samples (luffy: G_a - 1)
+    auto: Rollouts  # unguided prompt x: the student's context; G_a samples
     guided: Rollouts | None  # prompt x (+) s: the teacher's context; G_g samples where has_strategy
     has_strategy: torch.Tensor  # [B] bool
-    reference: list[list[int]] | None = None  # [B] strong-model response tokens (sft, luffy)
+    reference: list[list[int]] | None = None  # [B] strong-model response tokens (spec.needs_reference)
 
 
 @dataclass
@@ -94,7 +96,7 @@ class Rewards:
     auto: torch.Tensor  # [B, G_a] 1.0 verified correct, else 0.0
     guided: torch.Tensor | None  # [B, G_g], rows without a strategy are 0 (and never used)
     has_strategy: torch.Tensor  # [B] bool
-    reference: torch.Tensor | None = None  # [B] luffy: reward of the strong-model trace
+    reference: torch.Tensor | None = None  # [B] reward of the strong-model trace (spec.reference_in_group)
     graded: Graded | None = None  # every graded completion: each function's value and failures (for metrics)
 
     @property
@@ -108,9 +110,9 @@ class Rewards:
 
 @dataclass
 class Advantages:
-    auto: torch.Tensor | None = None  # [B, G_a] (luffy: the on-policy samples)
-    guided: torch.Tensor | None = None  # [B, G_g] guided_rl, 0 without a strategy
-    reference: torch.Tensor | None = None  # [B] luffy: the strong-model trace
+    auto: torch.Tensor | None = None  # [B, G_a]
+    guided: torch.Tensor | None = None  # [B, G_g] guided rollouts trained by RL, 0 without a strategy
+    reference: torch.Tensor | None = None  # [B] the strong-model trace as a group member
 
 
 @dataclass
@@ -121,22 +123,22 @@ class StepBatch:
 
 # -- 1. sample ------------------------------------------------------------------------------
 def sample(ctx: StepContext, problems: list[Problem], seed: int | None) -> StepRollouts:
-    algo, tok = ctx.algo, ctx.tokenizer
+    algo, tok, spec = ctx.algo, ctx.tokenizer, ctx.spec
+    budget = spec.budget(algo.samples_per_problem, algo.group_guided)
     has = torch.tensor([p.strategy is not None for p in problems], dtype=torch.bool)  # [B]
     auto_ids = encode_prompts(tok, render_prompts(tok, problems, guided=False, style=ctx.style))
     reference = None
-    if algo.method in ("sft", "luffy"):
+    if spec.needs_reference:
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         reference = [tok(p.teacher_response or "", add_special_tokens=False)["input_ids"] + eos for p in problems]
-    if algo.method == "sft":
+    if not spec.samples:
         return StepRollouts(problems, Rollouts(auto_ids, [[] for _ in problems]), None, has, reference)
-    n_auto = algo.group_auto - 1 if algo.method == "luffy" else algo.group_auto
-    requests = [(auto_ids, n_auto)]
-    guided = method_uses_guidance(algo.method)
+    requests = [(auto_ids, budget.auto)]
+    guided = spec.samples_guided
     rows = [b for b in range(len(problems)) if has[b]] if guided else []
     guided_ids = encode_prompts(tok, render_prompts(tok, [problems[b] for b in rows], guided=True, style=ctx.style))
     if guided:
-        requests.append((guided_ids, algo.group_guided))
+        requests.append((guided_ids, budget.guided))
     sampling = SamplingConfig(algo.temperature, algo.top_p, algo.max_new_tokens, seed)
     groups = generate_groups(ctx.generator, requests, sampling)
     auto = Rollouts(auto_ids, groups[0])
@@ -165,7 +167,7 @@ def score(ctx: StepContext, r: StepRollouts) -> Rewards:
 
     auto_text = [[c.text for c in g] for g in r.auto.completions]
     guided_text = [[c.text for c in g] for g in r.guided.completions] if r.guided else []
-    ref_text = [[p.teacher_response or ""] for p in r.problems] if ctx.algo.method == "luffy" else []
+    ref_text = [[p.teacher_response or ""] for p in r.problems] if ctx.spec.reference_in_group else []
     for part in (auto_text, guided_text, ref_text):
         add(part)
     graded = ctx.rewards.grade(texts, answers, rows)
@@ -188,16 +190,17 @@ def _group_advantages(ctx: StepContext, rewards: torch.Tensor, scale: str) -> to
 
 
 def advantages(ctx: StepContext, rewards: Rewards) -> Advantages:
-    algo = ctx.algo
-    if algo.method == "sft":
+    spec = ctx.spec
+    if not spec.samples:
         return Advantages()
-    if algo.method == "luffy":  # the strong-model trace is one more member of the group
-        adv = _group_advantages(ctx, torch.cat([rewards.auto, rewards.reference[:, None]], 1), algo.luffy_adv_scale)
+    scale = getattr(ctx.algo, spec.adv_scale_key)
+    if spec.reference_in_group:  # the strong-model trace is one more member of the group
+        adv = _group_advantages(ctx, torch.cat([rewards.auto, rewards.reference[:, None]], 1), scale)
         return Advantages(auto=adv[:, :-1], reference=adv[:, -1])
-    out = Advantages(auto=_group_advantages(ctx, rewards.auto, algo.adv_scale))
-    if algo.method == "guided_rl":  # groups of problems with a strategy only
+    out = Advantages(auto=_group_advantages(ctx, rewards.auto, scale))
+    if spec.guided == "rl":  # groups of problems with a strategy only
         out.guided = torch.zeros_like(rewards.guided)
-        out.guided[rewards.has_strategy] = _group_advantages(ctx, rewards.guided[rewards.has_strategy], algo.adv_scale)
+        out.guided[rewards.has_strategy] = _group_advantages(ctx, rewards.guided[rewards.has_strategy], scale)
     return out
 
 
@@ -208,7 +211,7 @@ def weights(ctx: StepContext, r: StepRollouts, rewards: Rewards, competence: dic
     for this step's weights, then updated in place with the p_a of every process's problems
     (the dict is the same on every process and checkpointed whole)."""
     algo = ctx.algo
-    if algo.method not in WEIGHTED_METHODS:
+    if not ctx.spec.weighted:
         return None
     c = None
     if algo.weight_mode == "competence":
@@ -249,19 +252,22 @@ def _rl_sequences(rollouts: Rollouts, adv: torch.Tensor) -> list[TrainSequence]:
 
 def sequences(ctx: StepContext, r: StepRollouts, rewards: Rewards, adv: Advantages,
               w: torch.Tensor | None) -> list[TrainSequence]:
-    method = ctx.algo.method
-    if method == "sft":
-        return [TrainSequence(p, ref, "nll") for p, ref in zip(r.auto.prompt_ids, r.reference or [])]
-    seqs = _rl_sequences(r.auto, adv.auto)
-    if method == "luffy":
+    """The step's training sequences, each set of trajectories in the role its spec names."""
+    spec = ctx.spec
+    seqs: list[TrainSequence] = []
+    if spec.auto == "rl":
+        seqs += _rl_sequences(r.auto, adv.auto)
+    if spec.reference == "nll":  # sft: the strong-model response alone
+        seqs += [TrainSequence(p, ref, "nll") for p, ref in zip(r.auto.prompt_ids, r.reference or [])]
+    if spec.reference == "offpolicy":  # luffy: the strong-model trace with its group advantage
         seqs += [TrainSequence(p, ref, "offpolicy", advantage=float(a))
                  for p, ref, a in zip(r.auto.prompt_ids, r.reference or [], adv.reference)]
-    if method == "guided_rl":  # strategy-in-prompt RL: guided rollouts in their guided context
+    if spec.guided == "rl":  # strategy-in-prompt RL: guided rollouts in their guided context
         seqs += _rl_sequences(r.guided, adv.guided)
-    if method in WEIGHTED_METHODS:
+    if spec.guided in ("nll", "distill"):
         for b, g in eligible(r, rewards, w, ctx.algo.distill_on).nonzero().tolist():
             tokens = r.guided.completions[b][g].token_ids
-            if method == "imitation":  # ablation: lambda w_i NLL of the trajectory under the unguided prompt
+            if spec.guided == "nll":  # imitation: lambda w_i NLL of the trajectory under the unguided prompt
                 seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "nll",
                                           weight=ctx.loss.distill_coef * float(w[b])))
             else:  # student: unguided prompt; teacher: the strategy-conditioned prompt it was sampled in
@@ -302,13 +308,14 @@ def attach_old_logprobs(ctx: StepContext, seqs: list[TrainSequence]) -> None:
 
 
 # -- statistics for logging ------------------------------------------------------------------
-def step_stats(method: str, r: StepRollouts, rewards: Rewards, w: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def step_stats(spec: MethodSpec, r: StepRollouts, rewards: Rewards, w: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-problem and per-trajectory tensors behind the rollout metrics (docs/metrics.md)."""
-    if method == "sft":
-        return {"len/teacher": torch.tensor([float(len(x)) for x in r.reference])}
+    samples = _samples(spec, r)
+    if not spec.samples:
+        return {"len/teacher": torch.tensor([float(len(x)) for x in r.reference]), **samples}
     auto = r.auto.completions
     stats = {"reward/auto": rewards.auto.flatten(), "p_auto": rewards.p_auto, "len/auto": _lengths(auto),
-             "trunc/auto": _truncated(auto), "mentions/auto": _mentions(auto)}
+             "trunc/auto": _truncated(auto), "mentions/auto": _mentions(auto), **samples}
     if rewards.reference is not None:
         stats["reward/offpolicy"] = rewards.reference
     if r.guided is not None:
@@ -321,6 +328,17 @@ def step_stats(method: str, r: StepRollouts, rewards: Rewards, w: torch.Tensor |
     if rewards.graded is not None:
         stats.update(reward_function_stats(rewards.graded))
     return stats
+
+
+def _samples(spec: MethodSpec, r: StepRollouts) -> dict[str, torch.Tensor]:
+    """[B] trajectories of each problem by kind, as sampled: autonomous, guided, and the
+    strong-model trace where it takes a place in the group (``samples/*``)."""
+    out = {"samples/auto": torch.tensor([float(len(g)) for g in r.auto.completions]),
+           "samples/guided": torch.tensor([float(len(g)) for g in r.guided.completions]) if r.guided is not None
+           else torch.zeros(len(r.problems))}
+    if spec.reference_in_group:
+        out["samples/reference"] = torch.tensor([float(bool(ref)) for ref in r.reference or []])
+    return out
 
 
 def reward_function_stats(graded: Graded) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ class StepMetrics:
             v = v[~v.isnan()]
             if key == "no_strategy":
                 rec["problems/no_strategy"] = float(v.sum())
-            elif key in ("p_auto", "p_guided"):
+            elif key in ("p_auto", "p_guided") or key.startswith("samples/"):
                 rec[key] = float(v.mean()) if v.numel() else float("nan")
             elif key == "weight":
                 rec["weight/mean"] = float(v.mean()) if v.numel() else float("nan")

@@ -22,7 +22,8 @@ from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
 from sgpo.trainer.loss import PolicyLoss
 from sgpo.trainer import methods
-from sgpo.trainer.methods import StepBatch, StepContext, method_uses_guidance
+from sgpo.trainer.methods import StepBatch, StepContext
+from sgpo.trainer.specs import method_spec
 from sgpo.trainer.metrics import StepMetrics
 from sgpo.trainer.update import is_deepspeed, optimizer_update
 
@@ -40,16 +41,15 @@ class TrainResult:
 def load_training_problems(cfg: TrainConfig) -> ProblemSet:
     from sgpo.strategies.store import load_strategies, strategy_file_ids
 
-    d = cfg.data
-    need_teacher = cfg.algorithm.method in ("sft", "luffy")
+    d, spec = cfg.data, method_spec(cfg.algorithm.method)
     strategies, ids = (load_strategies(d.strategies_path), strategy_file_ids(d.strategies_path)) \
         if d.strategies_path else (None, None)
     return load_problems(d.path, split=d.split, max_problems=d.max_problems, strategies=strategies,
                          strategies_path=d.strategies_path, strategy_file_ids=ids,
                          problem_field=d.problem_field, answer_field=d.answer_field, strategy_field=d.strategy_field,
                          teacher_response_field=d.teacher_response_field, id_field=d.id_field,
-                         need_teacher_response=need_teacher,
-                         min_strategy_coverage=d.min_strategy_coverage if method_uses_guidance(cfg.algorithm.method) else 0)
+                         need_teacher_response=spec.needs_reference,
+                         min_strategy_coverage=d.min_strategy_coverage if spec.samples_guided else 0)
 
 
 def step_problems(problems: list[Problem], step: int, per_step: int, seed: int, rank: int, world: int) -> list[Problem]:
@@ -223,7 +223,7 @@ class Trainer:
                 methods.attach_teacher_targets(ctx, seqs)  # top-k of p(.|x (+) s, y<t)
             with timer("old_logprobs"):
                 methods.attach_old_logprobs(ctx, seqs)  # q_old(y_t), several updates per rollout only
-        return StepBatch(seqs, methods.step_stats(self.cfg.algorithm.method, rollouts, rewards, w))
+        return StepBatch(seqs, methods.step_stats(ctx.spec, rollouts, rewards, w))
 
     def update(self, seqs: list) -> tuple[list[dict], list[Any]]:
         """PPO epochs x mini-batches optimiser updates on this step's sequences, then one
