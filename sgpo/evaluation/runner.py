@@ -319,7 +319,6 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate one model on several benchmarks; writes results.json (after each
     benchmark, so partial results are visible), results.md and records/."""
     from sgpo.evaluation.benchmarks import load_benchmark
-    from sgpo.evaluation.report import results_markdown
     from sgpo.io import ensure_writable_dir
     from sgpo.locks import folder_lock
     from sgpo.models import check_model_source
@@ -340,10 +339,12 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     ensure_writable_dir(out, "--output-dir")
     with folder_lock(out, "sgpo eval"):  # one writer per folder: no problem generated twice
-        return _run_locked(cfg, benches, style, out)
+        return _run_locked(cfg, benches, style, reward, out)
 
 
-def _run_locked(cfg: EvalConfig, benches: list[Any], style: PromptStyle, out: Path) -> dict[str, Any]:
+def _run_locked(cfg: EvalConfig, benches: list[Any], style: PromptStyle, reward: Any, out: Path) -> dict[str, Any]:
+    from sgpo.evaluation.report import results_markdown
+
     batch_size = cfg.batch_size or (32 if cfg.backend == "hf" else 1024)
     model, tokenizer, generator = _load_generator(cfg, batch_size, benches, style)
     sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
