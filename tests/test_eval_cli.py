@@ -22,7 +22,7 @@ def _finite(obj) -> bool:
     return not isinstance(obj, float) or math.isfinite(obj)
 
 
-def fake_run(folder: Path, accuracy: dict[str, list[float]], model: str = "m") -> Path:
+def fake_run(folder: Path, accuracy: dict[str, list[float]], model: str = "m", protocol: str | None = None) -> Path:
     """An eval output dir with results.json built by the real metric functions."""
     benches = {}
     for name, accs in accuracy.items():
@@ -30,8 +30,37 @@ def fake_run(folder: Path, accuracy: dict[str, list[float]], model: str = "m") -
         benches[name] = summarize(records, k=1)
     folder.mkdir(parents=True)
     write_json_atomic(folder / "results.json", {"benchmarks": benches, "macro": macro_average(benches, accuracy),
-                                                "config": {"model": model}})
+                                                "config": {"model": model, "protocol": protocol}})
     return folder
+
+
+LUFFY_COLUMNS = "| method | AIME24 | AIME25 | AMC | MATH-500 | Minerva | OlympiadBench | Avg |"
+
+
+def test_report_writes_the_luffy_table_in_its_column_order(tmp_path: Path) -> None:
+    six = {"olympiadbench": [0.0, 1.0], "math500": [1.0, 1.0, 0.0, 0.0], "aime24": [0.5, 0.0], "aime25": [0.0, 0.0],
+           "amc83": [0.25, 0.25], "minerva": [1.0]}
+    a = fake_run(tmp_path / "a", six, protocol="luffy")
+    b = fake_run(tmp_path / "b", {k: v for k, v in six.items() if k != "minerva"}, protocol="luffy")
+    out = tmp_path / "report"
+    assert main(["report", str(a), str(b), "--output", str(out), "--labels", "GRPO", "SGPO"]) == 0
+    md = (out / "report.md").read_text()
+    assert "Protocol `luffy`" in md and LUFFY_COLUMNS in md
+    # columns in LUFFY's order whatever the run's order: AIME24 25.0, AIME25 0.0, AMC 25.0, MATH-500 50.0,
+    # Minerva 100.0, OlympiadBench 50.0; Avg = (25 + 0 + 25 + 50 + 100 + 50) / 6 = 41.666.. -> 41.7
+    assert "| GRPO | 25.0 | 0.0 | 25.0 | 50.0 | 100.0 | 50.0 | 41.7 |" in md
+    assert "| SGPO | 25.0 | 0.0 | 25.0 | 50.0 | – | 50.0 | – |" in md  # no Avg without all six columns
+    assert md.index(LUFFY_COLUMNS) < md.index("| method | olympiadbench |")  # the paper's table first
+
+
+def test_report_flags_runs_under_different_protocols(tmp_path: Path) -> None:
+    a = fake_run(tmp_path / "a", {"math500": [1.0]}, protocol="luffy")
+    b = fake_run(tmp_path / "b", {"math500": [1.0]})  # written before protocols: the default one
+    out = tmp_path / "report"
+    assert main(["report", str(a), str(b), "--output", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "different protocols** (a: luffy, b: default): their numbers are not comparable" in md
+    assert LUFFY_COLUMNS not in md
 
 
 def test_report_over_two_runs(tmp_path: Path) -> None:
@@ -97,11 +126,11 @@ def test_eval_end_to_end_tiny_model(tiny_model_dir: Path, benchmarks_dir: Path, 
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     names = sorted(Path(f).stem for f in files)
-    assert sorted(results["benchmarks"]) == names and len(names) == 6
+    assert sorted(results["benchmarks"]) == names and len(names) == 8  # the shared folder: every built-in
     for r in results["benchmarks"].values():
         assert r["n"] == 2 and r["k"] == 2 and r["avg@k"] == 0.0 and r["pass@k"] == 0.0
         assert r["ci95"] == [0.0, 0.0] and 0.0 <= r["truncation_rate"] <= 1.0 and 0 < r["mean_length"] <= 8
-    assert results["macro"]["n"] == 12 and _finite(results)
+    assert results["macro"]["n"] == 16 and _finite(results)
     assert results["config"]["k"] == {n: 2 for n in names}
     records = (out / "records" / "gsm8k.jsonl").read_text().splitlines()
     assert len(records) == 2 and len(json.loads(records[0])["completions"]) == 2
@@ -109,3 +138,48 @@ def test_eval_end_to_end_tiny_model(tiny_model_dir: Path, benchmarks_dir: Path, 
     before = {p.name: p.read_text() for p in (out / "records").iterdir()}
     assert main(argv) == 0  # resumes: nothing generated, nothing appended
     assert {p.name: p.read_text() for p in (out / "records").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_luffy_protocol_end_to_end_tiny_model(tiny_model_dir: Path, benchmarks_dir: Path, tmp_path: Path) -> None:
+    """`sgpo eval --protocol luffy` on the six benchmarks (two problems each, 8 new tokens on CPU),
+    then `sgpo report`: the protocol's k per benchmark and sampling, the six columns and Avg."""
+    out = tmp_path / "run"
+    argv = ["eval", "--protocol", "luffy", "--model", str(tiny_model_dir), "--benchmarks",
+            "aime24,aime25,amc83,math500,minerva,olympiadbench", "--data-dir", str(benchmarks_dir), "--limit", "2",
+            "--max-new-tokens", "8", "--batch-size", "64", "--output-dir", str(out), "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    cfg = results["config"]
+    assert (cfg["protocol"], cfg["temperature"], cfg["top_p"], cfg["max_new_tokens"]) == ("luffy", 0.6, 1.0, 8)
+    assert cfg["k"] == {"aime24": 32, "aime25": 32, "amc83": 32, "math500": 1, "minerva": 1, "olympiadbench": 1}
+    assert all(r["n"] == 2 for r in results["benchmarks"].values()) and results["macro"]["benchmarks"] == 6
+    lines = (out / "records" / "aime25.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and len(json.loads(lines[0])["completions"]) == 32
+    assert LUFFY_COLUMNS in (out / "results.md").read_text()
+    report = tmp_path / "report"
+    assert main(["report", str(out), "--output", str(report), "--labels", "tiny"]) == 0
+    md = (report / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| tiny |") and "[" not in line)
+    assert LUFFY_COLUMNS in md and len(row.strip("|").split("|")) == 8  # label, six columns, Avg
+    avg = sum(results["benchmarks"][b]["avg@k"] for b in ("aime24", "aime25", "amc83", "math500", "minerva",
+                                                          "olympiadbench")) / 6
+    assert row.endswith(f"| {100 * avg:.1f} |")
+
+
+@pytest.mark.parametrize("recipe", ["qwen2.5-7b-instruct.yaml", "llama-3.1-8b-instruct.yaml"])
+def test_the_7b_8b_recipes_evaluate_with_the_luffy_protocol(recipe: str) -> None:
+    """The evaluation command in each shipped GPU recipe's header parses and selects LUFFY's
+    protocol on its six benchmarks."""
+    from sgpo.cli import build_parser
+
+    lines = (Path(__file__).resolve().parents[1] / "configs" / recipe).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#   sgpo eval "))
+    command = ""
+    for line in lines[start:]:
+        command += line.lstrip("# ").rstrip("\\ ") + " "
+        if not line.rstrip().endswith("\\"):
+            break
+    args = build_parser().parse_args(command.split()[1:])
+    assert args.protocol == "luffy" and args.backend == "vllm" and args.train_config
+    assert args.benchmarks == ["aime24,aime25,amc83,math500,minerva,olympiadbench"]

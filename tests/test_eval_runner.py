@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sgpo.evaluation.benchmarks import DEFAULT_NUM_SAMPLES, load_benchmark
-from sgpo.evaluation.runner import config_hash, evaluate, evaluate_records, records_path
+from sgpo.errors import UserError
+from sgpo.evaluation.benchmarks import BUILTIN, HUB_SOURCES, load_benchmark
+from sgpo.evaluation.protocols import DEFAULT, LUFFY, PROTOCOLS
+from sgpo.evaluation.runner import EvalConfig, config_hash, evaluate, evaluate_records, records_path
 from sgpo.generation import Completion, SamplingConfig
 from sgpo.io import DataError
 
@@ -139,11 +141,56 @@ def test_duplicate_ids_and_empty_benchmarks_are_errors() -> None:
 
 
 def test_builtin_names_from_the_data_dir(benchmarks_dir: Path) -> None:
-    for name in DEFAULT_NUM_SAMPLES:
+    for name in BUILTIN:
         bench = load_benchmark(name, data_dir_path=benchmarks_dir, limit=2)
         assert bench.name == name and len(bench.problems) == 2
-        assert bench.default_k == (32 if name in ("aime24", "amc23") else 4)
         assert all(p["id"] and p["problem"] and p["answer"] for p in bench.problems)
+
+
+# the problem counts of the published sets (aime25: AIME 2025 I+II; amc83: AMC 12 2022 and 2023 as LUFFY has them)
+BUILTIN_COUNTS = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "amc83": 83, "olympiadbench": 675,
+                  "minerva": 272, "gsm8k": 1319}
+
+
+def test_builtin_counts_and_hub_sources(benchmarks_dir: Path) -> None:
+    assert set(BUILTIN) == set(BUILTIN_COUNTS) == set(HUB_SOURCES)
+    for name, count in BUILTIN_COUNTS.items():
+        bench = load_benchmark(name, data_dir_path=benchmarks_dir)
+        assert len(bench.problems) == count, name
+        assert len({p["id"] for p in bench.problems}) == count and bench.source.endswith(f"{name}.jsonl")
+    amc = load_benchmark("amc83", data_dir_path=benchmarks_dir).problems
+    assert amc[0]["id"] == "amc83-00" and amc[0]["answer"] == "142"  # the parquet's 142.0, as an integer
+    assert HUB_SOURCES["amc83"].answer_fn(142.0) == "142" and HUB_SOURCES["amc83"].answer_fn("2.5") == "2.5"
+
+
+# -- protocols ---------------------------------------------------------------------------------------
+
+
+def test_luffy_protocol_settings() -> None:
+    """LUFFY's generate_vllm.py: T 0.6, top-p 1.0, 8192 tokens, avg@32 on AIME24/25 and the
+    83-problem AMC, one sample on MATH-500, Minerva and OlympiadBench; its table's order."""
+    assert (LUFFY.temperature, LUFFY.top_p, LUFFY.max_new_tokens) == (0.6, 1.0, 8192)
+    assert {b: LUFFY.k(b) for b in ("aime24", "aime25", "amc83", "math500", "minerva", "olympiadbench")} == \
+        {"aime24": 32, "aime25": 32, "amc83": 32, "math500": 1, "minerva": 1, "olympiadbench": 1}
+    assert [title for _, title in LUFFY.columns] == ["AIME24", "AIME25", "AMC", "MATH-500", "Minerva", "OlympiadBench"]
+    assert [name for name, _ in LUFFY.columns] == ["aime24", "aime25", "amc83", "math500", "minerva", "olympiadbench"]
+    # today's protocol, unchanged, stays the default
+    assert (DEFAULT.temperature, DEFAULT.top_p, DEFAULT.max_new_tokens) == (0.6, 0.95, 8192)
+    assert DEFAULT.k("aime24") == DEFAULT.k("amc23") == DEFAULT.k("aime25") == 32 and DEFAULT.k("math500") == 4
+    assert DEFAULT.k("my_file") == 4 and DEFAULT.columns == () and set(PROTOCOLS) == {"default", "luffy"}
+
+
+def test_eval_config_takes_the_protocol_and_explicit_values_win() -> None:
+    cfg = EvalConfig(model="m", benchmarks=("aime25", "math500"), protocol="luffy").validate()
+    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens) == (0.6, 1.0, 8192)
+    assert cfg.k("aime25") == 32 and cfg.k("math500") == 1
+    default = EvalConfig(model="m", benchmarks=("math500",)).validate()
+    assert (default.protocol, default.top_p, default.k("math500")) == ("default", 0.95, 4)
+    mine = EvalConfig(model="m", benchmarks=("aime25",), protocol="luffy", top_p=0.9, max_new_tokens=16,
+                      num_samples=2).validate()
+    assert (mine.temperature, mine.top_p, mine.max_new_tokens, mine.k("aime25")) == (0.6, 0.9, 16, 2)
+    with pytest.raises(UserError, match="--protocol deepseek: must be one of default, luffy"):
+        EvalConfig(model="m", benchmarks=("aime25",), protocol="deepseek").validate()
 
 
 def test_data_dir_from_the_environment(benchmarks_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +202,7 @@ def test_any_file_with_custom_fields(tmp_path: Path) -> None:
     path = tmp_path / "mine.jsonl"
     path.write_text('{"q": "1+1?", "a": 2}\n{"q": "2+2?", "a": 4}\n')
     bench = load_benchmark(str(path), problem_field="q", answer_field="a")
-    assert bench.name == "mine" and bench.default_k == 4
+    assert bench.name == "mine"
     assert bench.problems == [{"id": "row-1", "problem": "1+1?", "answer": "2"},
                               {"id": "row-2", "problem": "2+2?", "answer": "4"}]
 

@@ -56,7 +56,7 @@ def test_agreement_with_public_grader_cases(cases: list[dict]) -> None:
 BENCHMARKS = SHARED / "data" / "benchmarks"
 
 
-@pytest.mark.parametrize("name", ["math500", "olympiadbench", "minerva", "amc23", "aime24"])
+@pytest.mark.parametrize("name", ["math500", "olympiadbench", "minerva", "amc23", "aime24", "aime25", "amc83"])
 def test_every_benchmark_gold_grades_itself(name: str) -> None:
     """Each gold answer, boxed as it is spelt, scores 1; a gold with several parts also
     scores 1 with its parts boxed one by one in reverse order (the splitter on real golds:

@@ -1,7 +1,7 @@
-"""Where evaluation problems come from: the six built-in benchmark names (a local
+"""Where evaluation problems come from: the eight built-in benchmark names (a local
 normalised JSONL, or a public Hugging Face copy for users with a network), or any JSONL /
-Parquet file with a problem and an answer column. Also the default number of samples per
-benchmark, following the evaluation protocol of this line of work (docs/algorithm.md).
+Parquet file with a problem and an answer column. How many samples each gets is the
+evaluation protocol's business (:mod:`sgpo.evaluation.protocols`).
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from sgpo.io import DataError, read_records
 
 DATA_DIR_ENV = "SGPO_DATA_DIR"
 
-# avg@32 on the small competition sets (30 and 40 problems: one sample each would be far too
-# noisy), avg@4 elsewhere; files that are not built-in use DEFAULT_K.
-DEFAULT_K = 4
-DEFAULT_NUM_SAMPLES: dict[str, int] = {"aime24": 32, "amc23": 32, "math500": 4, "olympiadbench": 4,
-                                       "minerva": 4, "gsm8k": 4}
-
 
 def _gsm8k_answer(raw: Any) -> str:
     """GSM8K's answer column is a worked solution ending in ``#### 1,000``."""
     return str(raw).rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+def _integral_answer(raw: Any) -> str:
+    """The AIMO AMC copy stores answers as floats (``142.0``); an integral value is written as
+    an integer, as in the local ``amc83.jsonl``."""
+    value = float(raw)
+    return str(int(value)) if value.is_integer() else str(raw)
 
 
 def _olympiad_answer(raw: Any) -> str:
@@ -53,13 +54,16 @@ class HubSource:
 HUB_SOURCES: dict[str, HubSource] = {
     "math500": HubSource("HuggingFaceH4/MATH-500", "test", "problem", "answer", "unique_id"),
     "aime24": HubSource("HuggingFaceH4/aime_2024", "train", "problem", "answer", "id"),
+    "aime25": HubSource("math-ai/aime25", "test", "problem", "answer", "id"),
     "amc23": HubSource("math-ai/amc23", "test", "question", "answer", "id"),
+    # AMC 12 2022 and 2023, the 83 problems LUFFY's "amc" column evaluates
+    "amc83": HubSource("AI-MO/aimo-validation-amc", "train", "problem", "answer", "id", answer_fn=_integral_answer),
     "olympiadbench": HubSource("Hothan/OlympiadBench", "train", "question", "final_answer", "id",
                                config="OE_TO_maths_en_COMP", answer_fn=_olympiad_answer),
     "minerva": HubSource("math-ai/minervamath", "test", "question", "answer"),
     "gsm8k": HubSource("openai/gsm8k", "test", "question", "answer", config="main", answer_fn=_gsm8k_answer),
 }
-BUILTIN = tuple(DEFAULT_NUM_SAMPLES)
+BUILTIN = tuple(HUB_SOURCES)
 
 
 @dataclass
@@ -67,7 +71,6 @@ class Benchmark:
     name: str
     source: str  # the file or Hub id the problems came from
     problems: list[dict[str, str]]  # {"id", "problem", "answer"}
-    default_k: int
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -76,13 +79,13 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
 
 
 def _from_records(records: list[dict[str, Any]], name: str, source: str, problem_field: str, answer_field: str,
-                  id_field: str, default_k: int, limit: int) -> Benchmark:
+                  id_field: str, limit: int) -> Benchmark:
     if limit:
         records = records[:limit]
     problems = build_problems(records, source, problem_field=problem_field, answer_field=answer_field,
                               id_field=id_field, strategy_field="\0none")  # no strategy column at evaluation
     rows = [{"id": p.id, "problem": p.problem, "answer": p.answer} for p in problems.problems]
-    return Benchmark(name, source, rows, default_k)
+    return Benchmark(name, source, rows)
 
 
 def _from_hub(name: str, limit: int) -> Benchmark:
@@ -101,7 +104,7 @@ def _from_hub(name: str, limit: int) -> Benchmark:
                 raise DataError(spec.dataset, "missing", row=row, field=spec.answer_field)
             rec[spec.answer_field] = spec.answer_fn(rec[spec.answer_field])
     return _from_records(records, name, spec.dataset, spec.problem_field, spec.answer_field,
-                         spec.id_field or "\0row", DEFAULT_NUM_SAMPLES[name], limit)
+                         spec.id_field or "\0row", limit)
 
 
 def load_benchmark(name_or_path: str, *, data_dir_path: str | os.PathLike | None = None, problem_field: str = "problem",
@@ -112,14 +115,12 @@ def load_benchmark(name_or_path: str, *, data_dir_path: str | os.PathLike | None
     path = Path(name_or_path)
     if path.suffix.lower() in (".jsonl", ".json", ".parquet") or path.exists():
         records = read_records(path)
-        return _from_records(records, path.stem, str(path), problem_field, answer_field, id_field,
-                             DEFAULT_NUM_SAMPLES.get(path.stem, DEFAULT_K), limit)
+        return _from_records(records, path.stem, str(path), problem_field, answer_field, id_field, limit)
     name = name_or_path.lower()
-    if name not in DEFAULT_NUM_SAMPLES:
+    if name not in HUB_SOURCES:
         raise DataError(name_or_path, f"unknown benchmark: not a file and not one of {', '.join(BUILTIN)}")
     root = data_dir(data_dir_path)
     if root is not None and (root / f"{name}.jsonl").exists():
         local = root / f"{name}.jsonl"
-        return _from_records(read_records(local), name, str(local), problem_field, answer_field, id_field,
-                             DEFAULT_NUM_SAMPLES[name], limit)
+        return _from_records(read_records(local), name, str(local), problem_field, answer_field, id_field, limit)
     return _from_hub(name, limit)

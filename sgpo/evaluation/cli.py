@@ -11,36 +11,53 @@ EVAL_HELP = """Evaluate a model on math benchmarks with the training prompt (cha
 \\boxed{} instruction) and the training reward: math-verify on the last \\boxed{}, or the reward
 functions of --train-config's reward section or of --reward-functions (docs/rewards.md).
 
-Benchmarks: built-in names (math500, aime24, amc23, olympiadbench, minerva, gsm8k) are read
-as NAME.jsonl from --data-dir or $SGPO_DATA_DIR, else from a public Hugging Face copy; any
-JSONL or Parquet path with problem and answer columns works too.
+Benchmarks: built-in names (math500, aime24, aime25, amc23, amc83, olympiadbench, minerva,
+gsm8k) are read as NAME.jsonl from --data-dir or $SGPO_DATA_DIR, else from a public Hugging
+Face copy; any JSONL or Parquet path with problem and answer columns works too.
 
-Defaults follow the usual protocol: temperature 0.6, top-p 0.95, up to 8192 new tokens,
-k = 32 samples per problem on aime24/amc23 and 4 elsewhere (avg@k, unbiased pass@k, 95%
-bootstrap CI over problems). Outputs in --output-dir: results.json, results.md and
-records/NAME.jsonl (every completion with its grade). Rerunning with the same settings
-resumes: a finished problem is not generated again while the model's weights, the prompt,
-the sampling, k and the problem's text and answer are unchanged; the summary says how many
-records were reused and how many regenerated."""
+--protocol sets the sampling and k per benchmark in one switch (an explicit --temperature,
+--top-p, --max-new-tokens or --num-samples overrides it):
+{protocols}
+Results: avg@k, unbiased pass@k and a 95% bootstrap CI over problems, and the macro average
+over benchmarks. Outputs in --output-dir: results.json, results.md and records/NAME.jsonl
+(every completion with its grade). Rerunning with the same settings resumes: a finished
+problem is not generated again while the model's weights, the prompt, the sampling, k and the
+problem's text and answer are unchanged; the summary says how many records were reused and
+how many regenerated."""
 
 REPORT_HELP = """Compare several `sgpo eval` output directories: report.md with a table (one row per
 run, one column per benchmark, cells "avg [lo, hi]" in %), accuracy.png (bars with 95% CI)
 and, where a training metrics.jsonl sits in a run directory or its parent, training-curve
-PNGs of every numeric metric logged."""
+PNGs of every numeric metric logged. Runs evaluated with a protocol that has a published table
+(--protocol luffy) also get that table first: its columns in the paper's order (AIME24, AIME25,
+AMC, MATH-500, Minerva, OlympiadBench) and their average. Runs under different protocols are
+flagged as not comparable."""
+
+
+def _protocols_help() -> str:
+    from sgpo.evaluation.protocols import PROTOCOLS
+
+    return "".join(f"  {name}{' (default)' if name == 'default' else ''}: {p.summary}\n" for name, p in PROTOCOLS.items())
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on math benchmarks", description=EVAL_HELP,
+    from sgpo.evaluation.protocols import PROTOCOLS
+
+    p = sub.add_parser("eval", help="evaluate a model on math benchmarks",
+                       description=EVAL_HELP.replace("{protocols}", _protocols_help()),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder, Hugging Face id, or smollm2-135m-instruct")
     p.add_argument("--benchmarks", required=True, nargs="+", metavar="NAME_OR_PATH",
                    help="built-in names and/or JSONL/Parquet files (comma- or space-separated)")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default="default",
+                   help="sampling, length and k per benchmark in one switch (see above; default: default)")
     p.add_argument("--num-samples", type=int, help="k samples per problem for every benchmark "
-                                                   "(default: 32 for aime24/amc23, 4 otherwise)")
-    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy (default 0.6)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=8192, help="completion length limit (default 8192; "
-                                                                    "use ~512 or less for CPU smoke tests)")
+                                                   "(default: the protocol's k per benchmark)")
+    p.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy (default: the protocol's, 0.6)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold (default: the protocol's; "
+                                               "0.95 default, 1.0 luffy)")
+    p.add_argument("--max-new-tokens", type=int, help="completion length limit (default: the protocol's, 8192; "
+                                                      "use ~512 or less for CPU smoke tests)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--output-dir", default="eval", help="where results and records go (default ./eval)")
     p.add_argument("--data-dir", help="folder holding NAME.jsonl for built-in names (default $SGPO_DATA_DIR)")
@@ -81,7 +98,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from sgpo.io import DataError
 
     cfg = EvalConfig(model=args.model, benchmarks=_split_names(args.benchmarks), output_dir=args.output_dir,
-                     num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+                     protocol=args.protocol, num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                      max_new_tokens=args.max_new_tokens, seed=args.seed, data_dir=args.data_dir,
                      backend=args.backend, batch_size=args.batch_size, limit=args.limit,
                      problem_field=args.problem_field, answer_field=args.answer_field, id_field=args.id_field,
@@ -97,7 +114,8 @@ def run_eval(args: argparse.Namespace) -> int:
         lo, hi = r["ci95"]
         print(f"{name:>14}: avg@{r['k']} {100 * r['avg@k']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]  "
               f"pass@{r['k']} {100 * r['pass@k']:.1f}  (n={r['n']}, {_reuse(r)})")
-    print(f"{'macro':>14}: avg {100 * results['macro']['avg@k']:.1f}; outputs in {cfg.output_dir}/{RESULTS_JSON}")
+    print(f"{'macro':>14}: avg {100 * results['macro']['avg@k']:.1f} (protocol {cfg.protocol}); "
+          f"outputs in {cfg.output_dir}/{RESULTS_JSON}")
     return 0
 
 

@@ -39,7 +39,36 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         rows.append(f"| {name} | {r['n']} | {k} | {_pct(r['avg@k'])} | {ci} | {_pct(r['pass@k'])} | "
                     f"{_pct(r['truncation_rate'])}% | {r['mean_length']:.0f} | {r['timeouts']} |")
     model = results.get("config", {}).get("model", "")
-    return f"# Evaluation of `{model}`\n\nAccuracy in %.\n\n" + head + "\n".join(rows) + "\n"
+    protocol = run_protocol(results)
+    table = protocol_markdown([(f"`{model}`", results)], protocol)
+    published = f"\nAs the {protocol} protocol's table:\n\n{table}" if table else ""
+    return (f"# Evaluation of `{model}`\n\nProtocol `{protocol}`. Accuracy in %.\n\n" + head + "\n".join(rows) + "\n"
+            + published)
+
+
+def run_protocol(results: Mapping[str, Any]) -> str:
+    """The protocol a run was evaluated under (results written before protocols existed: ``default``)."""
+    return str(results.get("config", {}).get("protocol") or "default")
+
+
+def protocol_markdown(runs: Sequence[tuple[str, Mapping[str, Any]]], protocol: str) -> str:
+    """The protocol's published table: its columns in the paper's order, avg@k in % (no
+    interval, as the papers print it), then ``Avg``, the mean of those columns (a dash where a
+    run lacks one of them, since the average would not be the paper's). Empty for a protocol
+    without a fixed table."""
+    from sgpo.evaluation.protocols import get_protocol
+
+    columns = get_protocol(protocol).columns
+    if not columns:
+        return ""
+    lines = ["| method | " + " | ".join(title for _, title in columns) + " | Avg |",
+             "|---|" + "---:|" * (len(columns) + 1)]
+    for label, res in runs:
+        values = [res["benchmarks"].get(name, {}).get("avg@k") for name, _ in columns]
+        cells = ["–" if v is None else _pct(v) for v in values]
+        cells.append("–" if None in values else _pct(sum(values) / len(values)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
@@ -162,6 +191,21 @@ def default_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     return [f"{Path(d).resolve().parent.name}/{Path(d).resolve().name}" for d in run_dirs]
 
 
+def _protocol_parts(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """The shared protocol's published table, or a warning when the runs' protocols differ."""
+    protocols = {label: run_protocol(res) for label, res in runs}
+    if len(set(protocols.values())) > 1:
+        listed = ", ".join(f"{label}: {p}" for label, p in protocols.items())
+        return [f"**The runs were evaluated under different protocols** ({listed}): their numbers are not "
+                "comparable.\n"]
+    protocol = next(iter(protocols.values()))
+    table = protocol_markdown(runs, protocol)
+    if not table:
+        return [f"Protocol `{protocol}`.\n"]
+    return [f"Protocol `{protocol}`, in its published table's column order; Avg is the mean of these columns "
+            "(avg@k in %).\n", table]
+
+
 def write_report(run_dirs: Sequence[str | Path], output: str | Path, labels: Sequence[str] | None = None) -> Path:
     """Write report.md, accuracy.png and training_*.png for the given eval dirs; returns
     the markdown path."""
@@ -173,8 +217,9 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path, labels: Seq
     runs = [(label, load_results(d)) for label, d in zip(labels, run_dirs)]
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    parts = ["# Evaluation report\n", "avg@k accuracy in % with the 95% bootstrap CI over problems.\n",
-             comparison_markdown(runs), f"![accuracy]({plot_accuracy(runs, out / 'accuracy.png').name})\n"]
+    parts = ["# Evaluation report\n"] + _protocol_parts(runs)
+    parts += ["avg@k accuracy in % with the 95% bootstrap CI over problems.\n",
+              comparison_markdown(runs), f"![accuracy]({plot_accuracy(runs, out / 'accuracy.png').name})\n"]
     for label, d in zip(labels, run_dirs):
         metrics = find_metrics_file(d)
         history = read_jsonl_tolerant(metrics) if metrics else []

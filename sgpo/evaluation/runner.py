@@ -200,15 +200,17 @@ def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], nam
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Everything ``sgpo eval`` needs; defaults follow the evaluation protocol in docs/algorithm.md."""
+    """Everything ``sgpo eval`` needs. ``protocol`` (:mod:`sgpo.evaluation.protocols`) sets the
+    sampling and k; a value given here overrides it (``None``: the protocol's)."""
 
     model: str  # local folder, Hub id or the smollm2-135m-instruct alias
     benchmarks: tuple[str, ...]  # built-in names or JSONL/Parquet paths
     output_dir: str = "eval"
-    num_samples: int | None = None  # k; None: the benchmark's default (DEFAULT_NUM_SAMPLES)
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 8192
+    protocol: str = "default"  # default | luffy
+    num_samples: int | None = None  # k for every benchmark; None: the protocol's k per benchmark
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
     seed: int = 0
     data_dir: str | None = None  # folder with NAME.jsonl for built-in names ($SGPO_DATA_DIR)
     backend: str = "hf"  # hf | vllm
@@ -224,30 +226,44 @@ class EvalConfig:
     reward_functions: tuple[str, ...] = ()  # module:callable; () = the training config's, else the math grader
     reward_weights: tuple[float, ...] = ()  # one per reward function; () = 1.0 each
 
+    def k(self, benchmark: str) -> int:
+        """Samples per problem of a benchmark (by its name): ``num_samples``, else the protocol's."""
+        from sgpo.evaluation.protocols import get_protocol
+
+        return self.num_samples or get_protocol(self.protocol).k(benchmark)
+
     def validate(self) -> "EvalConfig":
-        """One-line UserErrors naming the option, before any data or model is read."""
+        """This config with the protocol's sampling filled in where none was given, checked:
+        one-line UserErrors naming the option, before any data or model is read."""
         from sgpo.errors import UserError
+        from sgpo.evaluation.protocols import PROTOCOLS
         from sgpo.models import DTYPES
 
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"--protocol {self.protocol}: must be one of {', '.join(PROTOCOLS)}")
+        p = PROTOCOLS[self.protocol]
+        c = replace(self, temperature=p.temperature if self.temperature is None else self.temperature,
+                    top_p=p.top_p if self.top_p is None else self.top_p,
+                    max_new_tokens=p.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens)
         checks = [
-            ("--temperature", self.temperature, math.isfinite(self.temperature) and self.temperature >= 0,
+            ("--temperature", c.temperature, math.isfinite(c.temperature) and c.temperature >= 0,
              ">= 0 (0 = greedy)"),
-            ("--top-p", self.top_p, math.isfinite(self.top_p) and 0 < self.top_p <= 1, "in (0, 1]"),
-            ("--max-new-tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
-            ("--num-samples", self.num_samples, self.num_samples is None or self.num_samples >= 1, ">= 1"),
-            ("--batch-size", self.batch_size, self.batch_size is None or self.batch_size >= 1, ">= 1"),
-            ("--limit", self.limit, self.limit >= 0, ">= 0 (0 = all problems)"),
-            ("grader_timeout_s", self.grader_timeout_s, math.isfinite(self.grader_timeout_s) and self.grader_timeout_s > 0,
+            ("--top-p", c.top_p, math.isfinite(c.top_p) and 0 < c.top_p <= 1, "in (0, 1]"),
+            ("--max-new-tokens", c.max_new_tokens, c.max_new_tokens >= 1, ">= 1"),
+            ("--num-samples", c.num_samples, c.num_samples is None or c.num_samples >= 1, ">= 1"),
+            ("--batch-size", c.batch_size, c.batch_size is None or c.batch_size >= 1, ">= 1"),
+            ("--limit", c.limit, c.limit >= 0, ">= 0 (0 = all problems)"),
+            ("grader_timeout_s", c.grader_timeout_s, math.isfinite(c.grader_timeout_s) and c.grader_timeout_s > 0,
              "> 0"),
-            ("--dtype", self.dtype, self.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
-            ("--backend", self.backend, self.backend in ("hf", "vllm"), "hf or vllm"),
+            ("--dtype", c.dtype, c.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
+            ("--backend", c.backend, c.backend in ("hf", "vllm"), "hf or vllm"),
         ]
         for option, value, ok, rule in checks:
             if not ok:
                 raise UserError(f"{option} {value}: must be {rule}")
-        if not self.benchmarks:
+        if not c.benchmarks:
             raise UserError("--benchmarks: no benchmark given")
-        return self
+        return c
 
 
 def prompt_style(train_config: str | None) -> PromptStyle:
@@ -323,7 +339,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     from sgpo.locks import folder_lock
     from sgpo.models import check_model_source
 
-    cfg.validate()
+    cfg = cfg.validate()
     benches = [load_benchmark(b, data_dir_path=cfg.data_dir, problem_field=cfg.problem_field,
                               answer_field=cfg.answer_field, id_field=cfg.id_field, limit=cfg.limit)
                for b in cfg.benchmarks]  # all data checked before the model loads
@@ -352,7 +368,7 @@ def _run_locked(cfg: EvalConfig, benches: list[Any], style: PromptStyle, reward:
                                                                          "k": {}}}
     accuracies: dict[str, list[float]] = {}
     for bench in benches:
-        k = cfg.num_samples or bench.default_k
+        k = cfg.k(bench.name)
         result, records = evaluate_records(model, tokenizer, bench.problems, bench.name, sampling, k, generator,
                                            out, batch_size, model_id=cfg.model, show_progress=cfg.show_progress,
                                            grader_timeout_s=cfg.grader_timeout_s, style=style, reward=reward)
