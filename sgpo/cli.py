@@ -40,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sgpo.errors import UserError
+    from sgpo.errors import Interrupted, UserError
 
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:  # stopped on a signal after saving: say where, exit 128 + signal
+        print(f"sgpo {args.command}: {_one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -11,4 +11,15 @@ class UserError(ValueError):
     the setting or the file."""
 
 
-__all__ = ["UserError"]
+class Interrupted(Exception):
+    """A run stopped on a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) after saving
+    what it had; ``sgpo`` prints the message (which says where it saved) and exits with
+    ``128 + signal number`` (143, 130), as a process killed by the signal would."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+__all__ = ["UserError", "Interrupted"]

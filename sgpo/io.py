@@ -240,12 +240,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers see the old file
     or the new one, never a half-written one; on failure the old file is untouched and a
     :class:`WriteError` is raised."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`write_text_atomic` for bytes."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, text.encode("utf-8"))
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

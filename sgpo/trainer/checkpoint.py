@@ -24,6 +24,7 @@ from typing import Any
 from sgpo.errors import UserError
 from sgpo.io import (WriteError, append_jsonl, ensure_writable_dir, read_jsonl_tolerant, write_json_atomic,
                      write_text_atomic)
+from sgpo.trainer.trackers import cut_tensorboard_events
 
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
@@ -92,6 +93,7 @@ class RunFolder:
         self.save_total_limit = save_total_limit  # 0 = keep every checkpoint
         self.metrics_file = self.path / METRICS_FILE
         self._lock: Any = None
+        self.tracker_dir = self.path / self.path.name  # trackers' logs (accelerate: project_dir/run name)
 
     # -- what the folder holds -----------------------------------------------------------------
     def _checkpoint_dirs(self) -> list[Path]:
@@ -171,8 +173,9 @@ class RunFolder:
     def _clear(self) -> None:
         for p in self._checkpoint_dirs():
             shutil.rmtree(p)
-        if (self.path / FINAL_DIR).is_dir():
-            shutil.rmtree(self.path / FINAL_DIR)
+        for folder in (self.path / FINAL_DIR, self.tracker_dir):
+            if folder.is_dir():
+                shutil.rmtree(folder)
         for name in (METRICS_FILE, CONFIG_FILE):
             (self.path / name).unlink(missing_ok=True)
 
@@ -223,6 +226,8 @@ class RunFolder:
         found = self._latest_readable()
         step = found[1]["step"] if found else 0
         history = self.trim_metrics(step, write=accelerator.is_main_process)
+        if accelerator.is_main_process:
+            cut_tensorboard_events(self.tracker_dir, step)
         accelerator.wait_for_everyone()
         if found is None:
             return None

@@ -25,6 +25,7 @@ from sgpo.trainer import methods
 from sgpo.trainer.methods import StepBatch, StepContext
 from sgpo.trainer.specs import method_spec
 from sgpo.trainer.metrics import StepMetrics
+from sgpo.trainer.signals import StopSignals
 from sgpo.trainer.update import is_deepspeed, optimizer_update
 
 
@@ -262,12 +263,31 @@ class Trainer:
 
         bar = tqdm(total=cfg.training.max_steps, initial=self.step, desc=f"train {cfg.algorithm.method}",
                    disable=not (cfg.run.progress and acc.is_local_main_process))
-        while self.step < cfg.training.max_steps:
-            self.train_step(bar)
+        with StopSignals() as stop:  # SIGTERM / SIGINT: finish the step, save it, stop
+            while self.step < cfg.training.max_steps:
+                self.train_step(bar)
+                if stop.requested(acc):
+                    bar.close()
+                    self._stop_on_signal(stop.signum)
         bar.close()
-        if cfg.run.save_steps == 0 or self.step % max(cfg.run.save_steps, 1):
+        if not self._checkpointed_this_step():
             self.save_checkpoint()
         return self._finish()
+
+    def _checkpointed_this_step(self) -> bool:
+        return bool(self.cfg.run.save_steps) and self.step % max(self.cfg.run.save_steps, 1) == 0
+
+    def _stop_on_signal(self, signum: int) -> None:
+        """Save a checkpoint at the current step, flush the trackers and raise Interrupted."""
+        import signal
+
+        from sgpo.errors import Interrupted
+
+        if not self._checkpointed_this_step():
+            self.save_checkpoint()
+        self.accelerator.end_training()
+        raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped after step {self.step}; checkpoint saved "
+                          f"to {self.out / f'checkpoint-{self.step}'}; rerun the same command to resume from it")
 
     def train_step(self, bar: Any) -> None:
         acc, cfg = self.accelerator, self.cfg
