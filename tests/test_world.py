@@ -140,7 +140,8 @@ def test_pretraining_never_reads_the_rl_only_fields(spec):
 
     from sgpo.world.tasks import RL_ONLY_FIELDS
 
-    other = replace(spec, map_seed=7, heldout_share=0.4, valid_share=0.2)
+    other = replace(spec, map_seed=7, heldout_share=0.4, valid_share=0.2, trace_style="T4", unfaithful_share=0.9,
+                    strategy_wrong_share=0.3, strategy_partial_share=0.3, partial_shifts=3)
     assert set(spec.to_dict()) - set(spec.pretrain_fingerprint()) >= set(RL_ONLY_FIELDS)
     a, b = random.Random(5), random.Random(5)
     assert [pretrain_example(spec, a) for _ in range(200)] == [pretrain_example(other, b) for _ in range(200)]

@@ -37,7 +37,12 @@ Split = Literal["train", "heldout", "combos", "valid", "transfer"]
 SPLITS: tuple[Split, ...] = ("train", "heldout", "combos", "valid", "transfer")
 # fields only the RL world reads (which problems, which map): pre-training never sees them, so
 # they are left out of the pre-trained model's cache key (WorldSpec.pretrain_fingerprint)
-RL_ONLY_FIELDS = ("map_seed", "heldout_share", "valid_share")
+RL_ONLY_FIELDS = ("map_seed", "heldout_share", "valid_share", "trace_style", "unfaithful_share",
+                  "strategy_wrong_share", "strategy_partial_share", "partial_shifts")
+# pre-training knobs of issue 17's dials: left out of the cache key at their default (0), so
+# adding them kept every cached model's key; prior_bias > 0 makes pre-training read the map
+PRETRAIN_DIALS = ("partial_pretrain_share", "prior_bias")
+STYLES = ("T0", "T1", "T2", "T3", "T4", "T5")  # trace styles (sgpo.world.styles)
 
 ORDERS = ("keep", "reverse", "rotate")  # how the digits are reordered before the shift
 ORDER_TEXT = {"keep": "keep the digits in order", "reverse": "reverse the digits",
@@ -120,6 +125,14 @@ class WorldSpec:
     order_words: tuple[str, ...] = ("zap", "mip", "dov")  # keyword_parts = 2: one per order
     shift_words: tuple[str, ...] = ("kel", "rux", "tob", "vim", "sug")  # keyword_parts = 2: one per shift
     valid_share: float = 0.0  # fraction of digit tuples for the validation split (tuning), taken from training's
+    # issue 17's dials (sgpo.world.styles, sgpo.world.strategies); the defaults keep today's world
+    trace_style: str = "T0"  # the strong model's worked solution (teacher_response): T0 native .. T5 unfaithful
+    unfaithful_share: float = 0.3  # T5: share of traces with a wrong intermediate line
+    strategy_wrong_share: float = 0.0  # share of problems whose strategy names another procedure
+    strategy_partial_share: float = 0.0  # share of problems whose strategy is partial (order + candidate shifts)
+    partial_shifts: int = 2  # candidate shifts in a partial strategy (the right one among them)
+    partial_pretrain_share: float = 0.0  # share of guided pre-training examples with a partial strategy
+    prior_bias: float = 0.0  # share of unguided pre-training examples that execute the RL map's procedure
 
     def __post_init__(self) -> None:
         if self.keyword_parts not in (1, 2):
@@ -139,6 +152,16 @@ class WorldSpec:
             raise ValueError(f"at most {len(METHOD_NAMES)} procedures (one name each)")
         if not (0 <= self.valid_share and 0 < self.heldout_share and self.heldout_share + self.valid_share < 1):
             raise ValueError("heldout_share > 0, valid_share >= 0 and their sum < 1 required")
+        if self.trace_style not in STYLES:
+            raise ValueError(f"trace_style = {self.trace_style!r}: must be one of {', '.join(STYLES)}")
+        for name in ("unfaithful_share", "strategy_wrong_share", "strategy_partial_share",
+                     "partial_pretrain_share", "prior_bias"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be between 0 and 1")
+        if self.strategy_wrong_share + self.strategy_partial_share > 1:
+            raise ValueError("strategy_wrong_share + strategy_partial_share must be at most 1")
+        if not 2 <= self.partial_shifts <= len(self.shifts):
+            raise ValueError(f"partial_shifts = {self.partial_shifts}: must be between 2 and the number of shifts")
 
     @property
     def methods(self) -> list[Method]:
@@ -225,7 +248,11 @@ class WorldSpec:
         keyword fields of the other ``keyword_parts`` mode. Two specs that differ only in the
         map or the splits share one pre-trained model."""
         unused = ("order_words", "shift_words") if self.keyword_parts == 1 else ("keywords",)
-        return {k: v for k, v in self.to_dict().items() if k not in RL_ONLY_FIELDS + unused}
+        out = {k: v for k, v in self.to_dict().items() if k not in RL_ONLY_FIELDS + unused + PRETRAIN_DIALS}
+        out.update({k: getattr(self, k) for k in PRETRAIN_DIALS if getattr(self, k)})
+        if self.prior_bias:  # the biased prior executes the RL map: the map shapes the model
+            out["map_seed"] = self.map_seed
+        return out
 
     def available_splits(self) -> tuple[Split, ...]:
         return tuple(s for s in SPLITS if (s != "transfer" or self.keyword_parts == 2)
@@ -250,13 +277,26 @@ def make_problems(spec: WorldSpec, n: int, seed: int, split: Split = "train") ->
     cells = [(k, no, d) for k, no in spec.combos(split) for d in digits]
     if n > len(cells):
         raise ValueError(f"split '{split}' has only {len(cells)} distinct problems, asked for {n}")
+    from sgpo.world.strategies import degrade
+    from sgpo.world.styles import extract_strategy, render_trace
+
     rng = random.Random(f"sgpo-world:{seed}:{split}")
     out = []
     for i, (kw, noun, d) in enumerate(rng.sample(cells, n)):
         m = spec.rl_method(kw)
-        out.append({"id": f"world-{split}-{seed}-{i:05d}", "problem": problem_text(kw, noun, d),
-                    "answer": answer_of(m.apply(d)), "strategy": m.strategy(), "teacher_response": m.solution(kw, d),
-                    "keyword": kw, "noun": noun, "method": m.name, "split": split})
+        problem = problem_text(kw, noun, d)
+        # per-problem draws of their own, so the problems are the same whatever the style and quality
+        trace = render_trace(spec.trace_style, spec, m, kw, d, random.Random(f"sgpo-world-trace:{seed}:{split}:{i}"))
+        strategy = extract_strategy(problem, trace, spec)  # from the problem and the trace only
+        rec = {"id": f"world-{split}-{seed}-{i:05d}", "problem": problem, "answer": answer_of(m.apply(d)),
+               "strategy": strategy, "teacher_response": trace, "keyword": kw, "noun": noun, "method": m.name,
+               "split": split}
+        if spec.trace_style != "T0":
+            rec["trace_style"] = spec.trace_style
+        if spec.strategy_wrong_share or spec.strategy_partial_share:
+            rec["strategy"], rec["strategy_quality"] = degrade(
+                spec, m, strategy, random.Random(f"sgpo-world-quality:{seed}:{split}:{i}"))
+        out.append(rec)
     return out
 
 
@@ -276,6 +316,14 @@ def pretrain_example(spec: WorldSpec, rng: random.Random) -> PretrainExample:
     d = tuple(rng.sample(range(1, 10), spec.n_digits))
     m = rng.choice(spec.methods)
     guided = rng.random() < spec.guided_share
+    # the dials' draws only when a dial is on, so today's worlds see the same examples as before
+    if guided and spec.partial_pretrain_share and rng.random() < spec.partial_pretrain_share:
+        from sgpo.world.strategies import partial_pretrain_pair
+
+        strategy, m = partial_pretrain_pair(spec, m, rng)
+        return PretrainExample(problem_text(kw, noun, d), strategy, m.solution(kw, d), m.name)
+    if not guided and spec.prior_bias and rng.random() < spec.prior_bias:
+        m = spec.rl_method(kw)
     return PretrainExample(problem_text(kw, noun, d), m.strategy() if guided else None, m.solution(kw, d), m.name)
 
 
