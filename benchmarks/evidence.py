@@ -1,6 +1,8 @@
 """A miniature of the paper's table on the strategy world: every method and ablation, seeds
-0-2, at equal sampled trajectories, evaluated unguided on held-out problems and held-out
-(keyword, noun) combinations.
+0-2, evaluated unguided on held-out problems and held-out (keyword, noun) combinations.
+Superseded by ``benchmarks/sweep.py`` (equal budgets checked per cell, every method tuned, world
+seeds); its committed table ran ``imitation`` and ``guided_rl`` at 12 trajectories per problem
+(benchmarks/results/evidence.md says so).
 
 Each run uses the settings of the default ``sgpo demo`` (sgpo.demo.run.DemoSettings): the
 same pre-trained world model, problems, steps, prompts per step and sampling. Every method

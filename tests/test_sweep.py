@@ -1,0 +1,137 @@
+"""benchmarks/sweep.py: cell ids, the plan (done cells skipped, reported cells only after their
+variant's tuning), the report rebuilt from cell files alone, and one real cell end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import sweep  # noqa: E402
+
+
+def test_cell_ids_round_trip():
+    for cell in (sweep.Cell("pair", "tune", "sgpo", 100, 3e-5), sweep.Cell("pair", "initial", "initial", 4),
+                 sweep.Cell("pair", "report", "sgpo-constant", 9, 1e-3)):
+        back = sweep.Cell.parse(cell.id)
+        assert back == cell, cell.id
+    assert sweep.Cell("pair", "tune", "grpo", 101, 1e-4).id == "pair/tune/grpo/lr-1e-04/seed-101"
+    with pytest.raises(SystemExit, match="bad cell id"):
+        sweep.Cell.parse("pair/tune")
+
+
+def _fake_tune(cell, best_lr):
+    acc = 0.5 if cell.lr == best_lr else 0.2
+    return {"cell": cell.id, "setting": cell.setting, "phase": "tune", "variant": cell.variant, "seed": cell.seed,
+            "lr": cell.lr, "curve": [{"step": 20, "accuracy": acc - 0.1}, {"step": 40, "accuracy": acc}]}
+
+
+def test_plan_tunes_first_and_reports_at_the_tuned_rate():
+    s = sweep.SETTINGS["pair"]
+    todo = sweep.plan({}, [s])
+    assert len(todo) == len(sweep.VARIANTS) * len(sweep.LR_GRID) * len(sweep.TUNE_SEEDS) + len(sweep.REPORT_SEEDS)
+    assert all(c.phase == "tune" for c in todo[: -len(sweep.REPORT_SEEDS)])
+    assert {c.seed for c in todo if c.phase == "tune"} == set(sweep.TUNE_SEEDS)
+    assert not {c.seed for c in todo if c.phase == "tune"} & set(sweep.REPORT_SEEDS)  # tuning seeds never reported
+    done = {c.id: _fake_tune(c, 3e-4) for c in sweep.tune_cells(s) if c.variant == "grpo"}
+    todo = sweep.plan(done, [s])
+    assert not any(c.id in done for c in todo)
+    report = [c for c in todo if c.phase == "report"]
+    assert {c.variant for c in report} == {"grpo"} and {c.lr for c in report} == {3e-4}
+    assert {c.steps for c in report} == {40} and sorted(c.seed for c in report) == list(sweep.REPORT_SEEDS)
+
+
+def _fake_report(setting, variant, seed, level, rng):
+    splits = {}
+    for sp in sweep.REPORTED_SPLITS:
+        problems = [[f"{sp}-{i}", f"kw{i % 4}", float(rng.random() < level)] for i in range(16)]
+        acc = sum(p[2] for p in problems) / 16
+        per_kw = {}
+        for _, kw, a in problems:
+            per_kw.setdefault(kw, []).append(a)
+        splits[sp] = {"avg@k": acc, "problems": problems, "per_keyword": {k: sum(v) / len(v) for k, v in per_kw.items()}}
+    phase = "initial" if variant == "initial" else "report"
+    cell = sweep.Cell(setting, phase, variant, seed, None if phase == "initial" else 1e-4)
+    rec = {"cell": cell.id, "setting": setting, "phase": phase, "variant": variant, "seed": seed, "splits": splits}
+    if phase == "initial":
+        rec["probe_accuracy"] = 0.1
+    else:
+        rec["curve"] = [{"step": 20 * i, "trajectories_per_problem": 5.0 * i, "accuracy": min(level, 0.1 + 0.1 * i)}
+                        for i in range(1, 5)]
+        rec["samples_per_problem"] = {"auto": 4.0, "guided": 4.0}
+    return rec
+
+
+def test_report_rebuilds_tables_and_the_readme_from_cells(tmp_path):
+    rng = random.Random(0)
+    cells = tmp_path / "cells"
+    recs = [_fake_report("pair", "initial", s, 0.1, rng) for s in range(4)]
+    recs += [_fake_report("pair", "sgpo", s, 0.8, rng) for s in range(4)]
+    recs += [_fake_report("pair", "grpo", s, 0.3, rng) for s in range(4)]
+    for rec in recs:
+        path = cells / f"{rec['cell']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{sweep_report().README_BEGIN}\nold\n{sweep_report().README_END}\nafter\n")
+    out = tmp_path / "results" / "sweep.md"
+    args = argparse.Namespace(cells_dir=str(cells), out=str(out), readme=str(readme), settings="pair")
+    assert sweep_report().report(args) == 0
+    text, data = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert data["cells"] == 12 and "| sgpo - grpo | heldout | 4 |" in text
+    (cmp_,) = [r for r in data["pair"]["comparisons"] if r["split"] == "heldout"]
+    sg = [r["splits"]["heldout"]["avg@k"] for r in recs if r["variant"] == "sgpo"]
+    gr = [r["splits"]["heldout"]["avg@k"] for r in recs if r["variant"] == "grpo"]
+    assert cmp_["mean_diff"] == pytest.approx(sum(sg) / 4 - sum(gr) / 4)
+    first = min(data["pair"]["comparisons"], key=lambda r: r["p"])  # Holm: the smallest of 3 p-values times 3
+    assert first["p_holm"] == pytest.approx(min(1.0, 3 * first["p"])) and len(data["pair"]["comparisons"]) == 3
+    assert data["pair"]["curves"]["sgpo"]["final"] == pytest.approx(0.5)  # min(0.8, 0.1 + 0.4)
+    assert (out.parent / "sweep-curves-pair.png").exists()
+    new = readme.read_text()
+    assert new.startswith("intro\n") and new.endswith("after\n") and "old" not in new
+    assert "| sgpo | 4 |" in new and "sgpo - grpo, heldout" in new
+    # again from the same files: the same report
+    sweep_report().report(args)
+    assert out.read_text() == text
+
+
+def sweep_report():
+    import sweep_report as m
+
+    return m
+
+
+@pytest.mark.slow
+def test_one_tune_cell_end_to_end(tmp_path, monkeypatch):
+    """A small tune cell on the pair world's tuning seed (its model is pre-trained into the cache
+    on first use): the file it writes, budget parity from the trainer's own counts, and a
+    second call that skips it."""
+    from dataclasses import replace
+
+    small = replace(sweep.SETTINGS["pair"], name="pair", step_budget=4, probe_every=2, train_problems=32,
+                    eval_problems=8, probe_problems=8)
+    monkeypatch.setitem(sweep.SETTINGS, "pair", small)
+    cell = sweep.Cell("pair", "tune", "sgpo", 100, 1e-4, 4)
+    rec = sweep.run_cell(cell, tmp_path / "cells", tmp_path / "work")
+    path = tmp_path / "cells" / "pair" / "tune" / "sgpo" / "lr-1e-04" / "seed-100.json"
+    assert json.loads(path.read_text()) == rec
+    assert [p["step"] for p in rec["curve"]] == [2, 4] and rec["config"]["training"]["learning_rate"] == 1e-4
+    assert rec["samples_per_problem"]["auto"] + rec["samples_per_problem"]["guided"] == small.budget
+    assert rec["code"]["commit"] and rec["world"]["transfer_pairs"]
+    mtime = path.stat().st_mtime
+    assert sweep.run_cell(cell, tmp_path / "cells", tmp_path / "work") == rec and path.stat().st_mtime == mtime
+
+
+def test_budget_check_uses_the_trainers_counts():
+    cell, sgpo, sft = sweep.Cell("pair", "tune", "sgpo", 100, 1e-4), sweep.variant("sgpo"), sweep.variant("sft")
+    sweep.check_budget(cell, sgpo, {"auto": 4.0, "guided": 4.0}, 8)
+    sweep.check_budget(cell, sft, {"auto": float("nan"), "guided": float("nan")}, 8)
+    with pytest.raises(SystemExit, match="not the budget 8"):
+        sweep.check_budget(cell, sgpo, {"auto": 8.0, "guided": 4.0}, 8)  # the old imitation/guided_rl setting
+    with pytest.raises(SystemExit, match="logged no samples/auto"):
+        sweep.check_budget(cell, sgpo, {"auto": float("nan"), "guided": float("nan")}, 8)
