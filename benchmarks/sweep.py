@@ -205,20 +205,17 @@ def write_data(s: Setting, seed: int, work: Path) -> dict[str, Path]:
 
 def train_config(s: Setting, v: Variant, lr: float, steps: int, seed: int, data: dict[str, Path], probe: Path,
                  model: str, out: Path) -> Any:
-    """The cell's TrainConfig, from typed values. Every method samples ``s.budget``
-    trajectories per problem and step: G_a + G_g for the guided methods, G_a (LUFFY: one of
-    them the worked solution) for the others (the trainer logs samples/auto and samples/guided;
-    the cell checks them)."""
+    """The cell's TrainConfig, from typed values. Every method that samples spends
+    ``s.budget`` trajectories per problem and step (``algorithm.samples_per_problem``, split by
+    :meth:`sgpo.trainer.specs.MethodSpec.budget`); the trainer logs the split as ``samples/*``
+    and the cell checks it (:func:`check_budget`)."""
     from sgpo.trainer.config import TrainConfig, apply_overrides
-    from sgpo.trainer.methods import method_uses_guidance
 
-    guided = method_uses_guidance(v.method)
-    g_a = s.budget - s.group_guided if guided else s.budget
     cfg = TrainConfig()
     apply_overrides(cfg, {
         "model": {"name_or_path": model, "dtype": "float32"},
         "data": {"path": str(data["train"])},
-        "algorithm": {"method": v.method, "group_auto": g_a, "group_guided": s.group_guided,
+        "algorithm": {"method": v.method, "samples_per_problem": s.budget, "group_guided": s.group_guided,
                       "max_new_tokens": s.max_new_tokens, "top_k": s.top_k, "temperature": s.train_temperature},
         "training": {"max_steps": steps, "prompts_per_step": s.prompts_per_step, "learning_rate": lr, "seed": seed},
         "system": {"micro_batch_size": 32, "generation_batch_size": 64},
@@ -226,10 +223,8 @@ def train_config(s: Setting, v: Variant, lr: float, steps: int, seed: int, data:
         "eval": {"probe_every": s.probe_every, "probe_file": str(probe), "probe_samples": s.probe_samples,
                  "probe_temperature": s.eval_temperature},
     })
-    for section, values in {**s.overrides}.items():
-        apply_overrides(cfg, {section: values})
-    for section, values in v.overrides.items():
-        apply_overrides(cfg, {section: values})
+    for overrides in (s.overrides, v.overrides):
+        apply_overrides(cfg, overrides)
     return cfg.validate()
 
 
@@ -267,31 +262,34 @@ def curve(history: list[dict[str, Any]], s: Setting) -> list[dict[str, Any]]:
     """(step, trajectories sampled per training problem so far, probe accuracy) at each probe."""
     out, sampled = [], 0.0
     for r in history:
-        sampled += s.prompts_per_step * (r.get("samples/auto", 0.0) + r.get("samples/guided", 0.0)) / s.train_problems
+        per_problem = sum(r.get(f"samples/{k}", 0.0) for k in ("auto", "guided", "reference"))
+        sampled += s.prompts_per_step * per_problem / s.train_problems
         if "probe/avg@k" in r:
             out.append({"step": int(r["step"]), "trajectories_per_problem": sampled, "accuracy": r["probe/avg@k"]})
     return out
 
 
 def samples_per_problem(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean trajectories sampled per problem and step, as the trainer logged them."""
+    """Mean trajectories per problem and step, as the trainer logged them (``samples/*``)."""
     out = {}
-    for key in ("samples/auto", "samples/guided"):
+    for key in ("samples/auto", "samples/guided", "samples/reference"):
         vals = [r[key] for r in history if key in r]
-        out[key.split("/")[1]] = sum(vals) / len(vals) if vals else float("nan")
+        out[key.split("/")[1]] = sum(vals) / len(vals) if vals else 0.0
+    out["logged"] = float(any("samples/auto" in r for r in history))
     return out
 
 
 def check_budget(cell: Cell, v: Variant, spp: dict[str, float], budget: int) -> None:
-    """Budget parity from the trainer's own counts: every method but SFT samples ``budget``
-    trajectories per problem and step (a count the trainer did not log is an error, not a pass)."""
+    """Budget parity from the trainer's own counts: every method but SFT spends ``budget``
+    trajectories per problem and step, LUFFY's strong-model trace counted as one (a count the
+    trainer did not log is an error, not a pass)."""
     if v.method == "sft":
         return
-    if spp["auto"] != spp["auto"]:
+    if not spp.get("logged"):
         raise SystemExit(f"{cell.id}: the trainer logged no samples/auto, so budget parity cannot be checked")
-    total = spp["auto"] + (spp["guided"] if spp["guided"] == spp["guided"] else 0.0)
+    total = spp["auto"] + spp["guided"] + spp["reference"]
     if abs(total - budget) > 1e-9:
-        raise SystemExit(f"{cell.id}: sampled {spp} trajectories per problem and step, not the budget {budget}")
+        raise SystemExit(f"{cell.id}: spent {spp} trajectories per problem and step, not the budget {budget}")
 
 
 def run_cell(cell: Cell, cells_dir: Path, work: Path) -> dict[str, Any]:

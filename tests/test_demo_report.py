@@ -123,3 +123,17 @@ def test_step_table_and_held_out_combinations(tmp_path):
     assert results["eval_combos"]["sgpo"]["avg@k"] == 0.8 and results["eval"]["sgpo"]["avg@k"] == 0.5
     assert results["guidance"]["combos"]["difference"] == pytest.approx(0.9, abs=1e-12)
     assert [c["ci_overlap"] for c in results["comparisons_combos"]] == [False, False, True]
+
+
+def test_results_record_the_trajectories_each_run_spent(tmp_path):
+    metrics = train_metrics(6)
+    for r in metrics["sgpo"]:
+        r.update({"samples/auto": 4.0, "samples/guided": 4.0})
+    for r in metrics["grpo"]:
+        r.update({"samples/auto": 8.0, "samples/guided": 0.0})
+    path = write_report(tmp_path, eval_results=eval_results(), train_metrics=metrics, examples={},
+                        guidance={"p_auto": 0.25, "p_guided": 0.5, "n": 64}, settings={})
+    spent = json.loads((tmp_path / "results.json").read_text())["samples_per_problem"]
+    assert spent == {"sgpo": {"auto": 4.0, "guided": 4.0, "reference": 0.0, "total": 8.0},
+                     "grpo": {"auto": 8.0, "guided": 0.0, "reference": 0.0, "total": 8.0}}
+    assert "sgpo 8 (4 autonomous + 4 guided); grpo 8 (8 autonomous + 0 guided)" in path.read_text()

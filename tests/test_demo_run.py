@@ -34,6 +34,9 @@ def test_quick_world_demo_measures_the_premise_and_distils(tmp_path):
     sgpo = results["training"]["sgpo"]
     assert sgpo["weight/mean"]["mean"] > 0 and sgpo["distill/kl_mean"]["mean"] > 0
     assert "distill/kl_mean" not in results["training"]["grpo"]
+    # equal budgets, as the runs logged them
+    spent = results["samples_per_problem"]
+    assert spent["grpo"]["total"] == spent["sgpo"]["total"] == 8 and spent["sgpo"]["guided"] == 4
     for label in ("initial", "grpo", "sgpo"):
         for key in ("eval", "eval_combos"):
             r = results[key][label]

@@ -121,7 +121,8 @@ def test_one_tune_cell_end_to_end(tmp_path, monkeypatch):
     path = tmp_path / "cells" / "pair" / "tune" / "sgpo" / "lr-1e-04" / "seed-100.json"
     assert json.loads(path.read_text()) == rec
     assert [p["step"] for p in rec["curve"]] == [2, 4] and rec["config"]["training"]["learning_rate"] == 1e-4
-    assert rec["samples_per_problem"]["auto"] + rec["samples_per_problem"]["guided"] == small.budget
+    spp = rec["samples_per_problem"]
+    assert spp["auto"] + spp["guided"] + spp["reference"] == small.budget and spp["guided"] == small.group_guided
     assert rec["code"]["commit"] and rec["world"]["transfer_pairs"]
     mtime = path.stat().st_mtime
     assert sweep.run_cell(cell, tmp_path / "cells", tmp_path / "work") == rec and path.stat().st_mtime == mtime
@@ -129,9 +130,23 @@ def test_one_tune_cell_end_to_end(tmp_path, monkeypatch):
 
 def test_budget_check_uses_the_trainers_counts():
     cell, sgpo, sft = sweep.Cell("pair", "tune", "sgpo", 100, 1e-4), sweep.variant("sgpo"), sweep.variant("sft")
-    sweep.check_budget(cell, sgpo, {"auto": 4.0, "guided": 4.0}, 8)
-    sweep.check_budget(cell, sft, {"auto": float("nan"), "guided": float("nan")}, 8)
-    with pytest.raises(SystemExit, match="not the budget 8"):
-        sweep.check_budget(cell, sgpo, {"auto": 8.0, "guided": 4.0}, 8)  # the old imitation/guided_rl setting
+    luffy = sweep.variant("luffy")
+    sweep.check_budget(cell, sgpo, {"auto": 4.0, "guided": 4.0, "reference": 0.0, "logged": 1.0}, 8)
+    sweep.check_budget(cell, luffy, {"auto": 7.0, "guided": 0.0, "reference": 1.0, "logged": 1.0}, 8)
+    sweep.check_budget(cell, sft, {"auto": 0.0, "guided": 0.0, "reference": 0.0, "logged": 0.0}, 8)
+    with pytest.raises(SystemExit, match="not the budget 8"):  # the old imitation/guided_rl setting
+        sweep.check_budget(cell, sgpo, {"auto": 8.0, "guided": 4.0, "reference": 0.0, "logged": 1.0}, 8)
     with pytest.raises(SystemExit, match="logged no samples/auto"):
-        sweep.check_budget(cell, sgpo, {"auto": float("nan"), "guided": float("nan")}, 8)
+        sweep.check_budget(cell, sgpo, sweep.samples_per_problem([{"step": 1, "loss": 0.1}]), 8)
+
+
+@pytest.mark.parametrize("label", [v.label for v in sweep.VARIANTS])
+def test_every_variant_gets_the_budget_by_construction(label, tmp_path):
+    from sgpo.trainer.specs import method_spec
+
+    s, v = sweep.SETTINGS["pair"], sweep.variant(label)
+    paths = {"train": tmp_path / "train.jsonl"}
+    cfg = sweep.train_config(s, v, 1e-4, 10, 0, paths, tmp_path / "probe.jsonl", "m", tmp_path / "run")
+    b = method_spec(v.method).budget(cfg.algorithm.samples_per_problem, cfg.algorithm.group_guided)
+    assert b.total == (s.budget if v.method != "sft" else 1) and cfg.training.learning_rate == 1e-4
+    assert cfg.eval.probe_every == s.probe_every and cfg.algorithm.method == v.method

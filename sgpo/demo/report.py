@@ -319,6 +319,22 @@ def _combo_section(combos: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], 
     return lines, results, comparisons
 
 
+def samples_per_problem(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
+    """label -> mean trajectories per problem and step over the run (``samples/auto``,
+    ``samples/guided``, ``samples/reference`` as the trainer logged them) and their total;
+    runs that logged none are left out."""
+    out = {}
+    for label, steps in train_metrics.items():
+        if not any("samples/auto" in r for r in steps):
+            continue
+        row = {}
+        for key in ("auto", "guided", "reference"):
+            vals = [float(r[f"samples/{key}"]) for r in steps if f"samples/{key}" in r]
+            row[key] = sum(vals) / len(vals) if vals else 0.0
+        out[label] = {**row, "total": row["auto"] + row["guided"] + row["reference"]}
+    return out
+
+
 def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[str, Any]],
                  train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], examples: Mapping[str, str],
                  guidance: Mapping[str, Any], settings: Mapping[str, Any],
@@ -357,6 +373,12 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
     combo_lines, combo_json, combo_comparisons = _combo_section(combo_results or {})
     guidance_lines, guidance_json = _guidance_section(guidance)
     training_lines, summaries = _training_section(train_metrics, out)
+    spent = samples_per_problem(train_metrics)
+    if spent:
+        lines += ["Trajectories per problem and step, as each run logged them (`samples/*`): " + "; ".join(
+            f"{label} {v['total']:g} ({v['auto']:g} autonomous + {v['guided']:g} guided"
+            + (f" + {v['reference']:g} strong-model trace" if v["reference"] else "") + ")"
+            for label, v in spent.items()) + ".", ""]
     lines += combo_lines + guidance_lines + training_lines
     if examples:
         lines += ["## Example completions", ""]
@@ -367,7 +389,7 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
     path = out / REPORT_FILE
     path.write_text("\n".join(lines), encoding="utf-8")
     payload = {"eval": results, "comparisons": comparisons, "guidance": guidance_json, "training": summaries,
-               "settings": _json_safe(settings)}
+               "samples_per_problem": samples_per_problem(train_metrics), "settings": _json_safe(settings)}
     if combo_json:
         payload.update(eval_combos=combo_json, comparisons_combos=combo_comparisons)
     write_json_atomic(out / RESULTS_FILE, payload)
