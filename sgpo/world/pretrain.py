@@ -16,8 +16,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +178,10 @@ def world_model_path(cfg: WorldConfig | None = None, cache: str | os.PathLike | 
     from sgpo.models import save_model_folder
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target):  # processes that need the same model wait for one build
+    from sgpo.locks import exclusive_lock
+
+    # processes that need the same model wait for one build
+    with exclusive_lock(target.with_name(target.name + ".lock"), "world pre-training", wait=True):
         if _built(target):
             return target
         model, tok, stats = pretrain(cfg, progress=progress)
@@ -192,15 +193,3 @@ def world_model_path(cfg: WorldConfig | None = None, cache: str | os.PathLike | 
 def _built(target: Path) -> bool:
     return (target / "model.safetensors").exists() and (target / "world.json").exists()
 
-
-@contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
-    """An exclusive lock on ``<target>.lock`` (released by the OS if the holder dies)."""
-    import fcntl
-
-    with open(target.with_name(target.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
