@@ -53,6 +53,8 @@ class Variant:
     label: str
     method: str
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune_as: str = ""  # with Setting.tune_from: take this variant's tuning choice (default: its own label)
+    init_from: str = ""  # start from the final model of this variant's report cell (same setting and seed)
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -69,11 +71,20 @@ VARIANTS: tuple[Variant, ...] = (
 @dataclass(frozen=True)
 class Setting:
     """One world and the shared training and evaluation settings of its cells. A dial of the
-    world is a new entry (another world name, or overrides every cell gets)."""
+    world is a new entry (another world name, world overrides, or config overrides every cell
+    gets); the claims' dials (issue 17) are in ``sweep_claims.py``."""
 
     name: str
     world: str = "pair"  # a name in sgpo.world.pretrain.WORLDS
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)  # WorldSpec overrides (seeded_world's tasks)
+    pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainSpec overrides (seeded_world's pretrain)
+    variants: tuple[str, ...] = ()  # variant labels that run here; () = VARIANTS
+    tune_from: str = ""  # take the tuning choices of this setting (no tuning cells here) ...
+    retune: tuple[str, ...] = ()  # ... except for these variants, tuned here
+    fixed_lr: float | None = None  # no tuning: every variant at this rate for step_budget steps
+    seeds: tuple[int, ...] = tuple(range(10))  # reported seeds
+    record_metrics: tuple[str, ...] = ()  # trainer metrics kept per step in the cell (metrics.jsonl keys)
     budget: int = 8  # trajectories per problem and step, every method
     group_guided: int = 4  # of which guided, for the guided methods
     step_budget: int = 200  # the shared step budget of tuning (and the most a reported run trains)
@@ -91,6 +102,29 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {"pair": Setting("pair")}
+DEFAULT_SETTINGS = ("pair",)  # what run/status/report do without --settings
+EXTRA_VARIANTS: tuple[Variant, ...] = ()  # variants only some settings run (Setting.variants)
+GROUPS: dict[str, tuple[str, ...]] = {}  # a name for several settings (--settings GROUP)
+
+
+def setting_variants(s: Setting) -> list[Variant]:
+    return [variant(label) for label in s.variants] if s.variants else list(VARIANTS)
+
+
+def world_of(s: Setting, seed: int) -> Any:
+    from sgpo.world.pretrain import seeded_world
+
+    return seeded_world(s.world, seed, tasks=s.tasks, pretrain=s.pretrain)
+
+
+def settings_named(names: str) -> list[Setting]:
+    out = []
+    for n in names.split(","):
+        for m in GROUPS.get(n, (n,)):
+            if m not in SETTINGS:
+                raise SystemExit(f"unknown setting {m!r} (have {', '.join(SETTINGS)}; groups {', '.join(GROUPS)})")
+            out.append(SETTINGS[m])
+    return out
 COMPARISONS = ("grpo", "sft", "luffy", "imitation", "guided_rl", "sgpo-constant")  # each against sgpo
 REPORTED_SPLITS = ("heldout", "combos", "transfer")
 
@@ -123,10 +157,10 @@ class Cell:
 
 
 def variant(label: str) -> Variant:
-    for v in VARIANTS:
+    for v in VARIANTS + EXTRA_VARIANTS:
         if v.label == label:
             return v
-    raise SystemExit(f"unknown variant {label!r} (have {', '.join(v.label for v in VARIANTS)})")
+    raise SystemExit(f"unknown variant {label!r} (have {', '.join(v.label for v in VARIANTS + EXTRA_VARIANTS)})")
 
 
 def cell_path(cells_dir: Path, cell: Cell) -> Path:
@@ -143,14 +177,20 @@ def load_cells(cells_dir: Path) -> dict[str, dict[str, Any]]:
 
 # -- the plan ------------------------------------------------------------------------------------
 def tune_cells(s: Setting) -> list[Cell]:
-    return [Cell(s.name, "tune", v.label, seed, lr, s.step_budget) for v in VARIANTS for lr in LR_GRID
-            for seed in TUNE_SEEDS]
+    if s.fixed_lr is not None:
+        return []
+    labels = [v.label for v in setting_variants(s) if not s.tune_from or v.label in s.retune]
+    return [Cell(s.name, "tune", v, seed, lr, s.step_budget) for v in labels for lr in LR_GRID for seed in TUNE_SEEDS]
 
 
 def tuned(s: Setting, done: dict[str, dict[str, Any]], label: str) -> dict[str, Any] | None:
     """The tuning rule's choice for one variant, once all its tuning cells are done."""
     from sgpo.evaluation.stats import tuning_choice
 
+    if s.fixed_lr is not None:
+        return {"lr": s.fixed_lr, "steps": s.step_budget}
+    if s.tune_from and label not in s.retune:
+        return tuned(SETTINGS[s.tune_from], done, variant(label).tune_as or label)
     cells = [c for c in tune_cells(s) if c.variant == label]
     if any(c.id not in done for c in cells):
         return None
@@ -166,11 +206,13 @@ def plan(done: dict[str, dict[str, Any]], settings: list[Setting]) -> list[Cell]
     todo: list[Cell] = []
     for s in settings:
         todo += [c for c in tune_cells(s) if c.id not in done]
-        choices = {v.label: tuned(s, done, v.label) for v in VARIANTS}
-        for seed in REPORT_SEEDS:
+        choices = {v.label: tuned(s, done, v.label) for v in setting_variants(s)}
+        for seed in s.seeds:
             todo += [c for c in [Cell(s.name, "initial", "initial", seed)] if c.id not in done]
-            for v in VARIANTS:
-                ch = choices[v.label]
+            for v in setting_variants(s):
+                ch, src = choices[v.label], choices.get(v.init_from)
+                if v.init_from and (src is None or Cell(s.name, "report", v.init_from, seed, src["lr"]).id not in done):
+                    continue  # a two-stage variant waits for its first stage
                 if ch is not None:
                     c = Cell(s.name, "report", v.label, seed, ch["lr"], ch["steps"])
                     if c.id not in done:
@@ -182,10 +224,9 @@ def plan(done: dict[str, dict[str, Any]], settings: list[Setting]) -> list[Cell]
 def write_data(s: Setting, seed: int, work: Path) -> dict[str, Path]:
     """The seed's problem files (deterministic; rewritten identically each time)."""
     from sgpo.io import write_jsonl
-    from sgpo.world.pretrain import seeded_world
     from sgpo.world.tasks import make_problems
 
-    spec = seeded_world(s.world, seed).tasks
+    spec = world_of(s, seed).tasks
     d = work / s.name / "data" / f"seed-{seed}"
     d.mkdir(parents=True, exist_ok=True)
     sizes = {"train": s.train_problems, "valid": s.eval_problems,
@@ -297,14 +338,14 @@ def run_cell(cell: Cell, cells_dir: Path, work: Path) -> dict[str, Any]:
 
     from sgpo.io import write_json_atomic
     from sgpo.models import load_model, load_tokenizer
-    from sgpo.world.pretrain import seeded_world, world_model_path
+    from sgpo.world.pretrain import world_model_path
 
     target = cell_path(cells_dir, cell)
     if target.exists():
         return json.loads(target.read_text())
     t0 = time.perf_counter()
     s = SETTINGS[cell.setting]
-    world = seeded_world(s.world, cell.seed)
+    world = world_of(s, cell.seed)
     model_path = str(world_model_path(world, progress=False))
     data = write_data(s, cell.seed, work)
     out = work / cell.id
@@ -326,11 +367,23 @@ def run_cell(cell: Cell, cells_dir: Path, work: Path) -> dict[str, Any]:
         v = variant(cell.variant)
         probe = data["probe-valid" if cell.phase == "tune" else "probe-test"]
         assert cell.lr is not None and cell.steps is not None
-        cfg = train_config(s, v, cell.lr, cell.steps, cell.seed, data, probe, model_path, out / "run")
+        start = model_path
+        if v.init_from:  # two stages: the first stage's trained model, from its run folder
+            src = tuned(s, load_cells(cells_dir), v.init_from)
+            first = work / Cell(s.name, "report", v.init_from, cell.seed, src and src["lr"]).id / "run" / "final"
+            if not (first / "config.json").exists():
+                raise SystemExit(f"{cell.id}: starts from {first}, which is not there: run (or rerun) the "
+                                 f"{v.init_from} cell of seed {cell.seed} on this machine first")
+            start = str(first)
+        cfg = train_config(s, v, cell.lr, cell.steps, cell.seed, data, probe, start, out / "run")
+        if cell.phase == "report" and any(x.init_from == v.label for x in setting_variants(s)):
+            cfg.run.save_final_model = True  # a later stage starts from it
         result = train(cfg)
         hist = result.history
         spp = samples_per_problem(hist)
         check_budget(cell, v, spp, s.budget)
+        if s.record_metrics:
+            rec["metrics"] = {k: [[int(r["step"]), r[k]] for r in hist if k in r] for k in s.record_metrics}
         rec.update(method=v.method, overrides=v.overrides, samples_per_problem=spp, curve=curve(hist, s),
                    final_p_auto=hist[-1].get("p_auto"), config=cfg.to_dict(), skipped_updates=result.skipped_updates)
         if cell.phase == "report":
@@ -359,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
     """Start pending cells in up to ``--jobs`` processes until none is left or ``--until``
     (UTC) passes; a cell running then finishes (or, killed, resumes next time)."""
     cells_dir, work = Path(args.cells_dir), Path(args.work_dir)
-    settings = [SETTINGS[n] for n in args.settings.split(",")]
+    settings = settings_named(args.settings)
     deadline = _deadline(args.until)
     running: dict[str, subprocess.Popen] = {}
     failed: set[str] = set()
@@ -392,11 +445,11 @@ def run(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     done = load_cells(Path(args.cells_dir))
-    settings = [SETTINGS[n] for n in args.settings.split(",")]
+    settings = settings_named(args.settings)
     todo = plan(done, settings)
     print(f"{len(done)} cells done, {len(todo)} runnable now; next: " + ", ".join(c.id for c in todo[:4]))
     for s in settings:
-        for v in VARIANTS:
+        for v in setting_variants(s):
             ch = tuned(s, done, v.label)
             print(f"  {s.name}/{v.label}: " + (f"tuned lr {ch['lr']:g}, {ch['steps']} steps" if ch else "not tuned yet"))
     return 0
@@ -419,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--cells-dir", default=str(CELLS_DIR), help="finished cells (committed)")
         p.add_argument("--work-dir", default=str(WORK_DIR), help="run folders, checkpoints, eval records, logs")
-        p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated settings")
+        p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
+                       help=f"comma-separated settings or groups (default: {','.join(DEFAULT_SETTINGS)}; "
+                            "the claims' dials: benchmarks/sweep_claims.py)")
         if name == "run":
             p.add_argument("--jobs", type=int, default=2, help="cells in parallel (default 2)")
             p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
@@ -448,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         return report(args)
     return {"run": run, "status": status, "cell": cell_main}[args.command](args)
 
+
+import sweep_claims  # noqa: E402  (beside this file)
+
+sweep_claims.register(sys.modules[__name__])  # the claims' dials: settings, variants, groups
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,141 @@
+"""The claims' dials (issue 17) as settings of the sweep harness (``benchmarks/sweep.py``).
+
+Grids, measured axes and the predictions that would confirm or refute each claim:
+``benchmarks/results/claims-plan.md`` (committed before any of these cells ran). Each dial is a
+group of settings; nothing runs unless named, the issue-16 setting ``pair`` stays the default:
+
+    PYTHONPATH=. nice -n 19 python benchmarks/sweep.py status --settings claims
+    PYTHONPATH=. nice -n 19 python benchmarks/sweep.py run --settings trace --jobs 2 --until 15:35
+
+Groups: ``trace`` (trace styles T0-T5), ``kl`` (KL vs imitation with partial strategies and
+G_g), ``proximal`` (updates per rollout x learning rate x constraint), ``quality`` (wrong or
+partial strategies x distill_on x weight mode), ``competence`` (biased pre-training prior),
+``capacity`` (model sizes and pre-training lengths); ``claims`` is all of them. A dial's
+settings take the base setting's tuning choices (``tune_from="pair"``) except where the dial is
+expected to move a method's optimum (``retune``), or fix the learning rate (the proximal grid).
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+FIVE = tuple(range(5))
+TEN = tuple(range(10))
+# what the proximal and KL dials read from the trainer's metrics, per step
+STABILITY_METRICS = ("p_auto", "p_guided", "distill/masked_frac", "distill/kl_mean", "rl/ratio_mean",
+                     "rl/clip_frac_low", "rl/clip_frac_high", "grad_norm", "loss/distill", "loss/rl")
+SELECTIVITY_METRICS = ("p_auto", "p_guided", "distill/kl_mean", "distill/top10_share", "weight/mean")
+
+# the trace dial's T1-T5 partial prediction: SFT re-tuned per style, LUFFY at gamma 0.1
+TRACE_SEEDS = {"T0": TEN, "T1": FIVE, "T2": TEN, "T3": FIVE, "T4": TEN, "T5": FIVE}
+PRIOR_BIAS = {"b0": 0.0, "b0.25": 0.25, "b0.55": 0.55}  # calibrated by benchmarks/world_dials.py (claims-plan.md)
+MODELS = {"small": {"hidden_size": 64, "intermediate_size": 128}, "large": {"hidden_size": 256, "intermediate_size": 512},
+          "short": {"steps": 350}, "long": {"steps": 1400}}
+
+
+def variants(m: ModuleType) -> tuple:
+    V = m.Variant
+    alg = lambda **kw: {"algorithm": kw}  # noqa: E731
+    loss = lambda **kw: {"loss": kw}  # noqa: E731
+    out = [V("sft-grpo", "grpo", tune_as="grpo", init_from="sft"),
+           V("luffy-g0.01", "luffy", loss(luffy_gamma=0.01), tune_as="luffy"),
+           V("luffy-g1", "luffy", loss(luffy_gamma=1.0), tune_as="luffy"),
+           V("sgpo-none", "sgpo", loss(proximal="none"), tune_as="sgpo"),
+           V("sgpo-c1", "sgpo", loss(proximal="c1"), tune_as="sgpo"),
+           V("sgpo-c3", "sgpo", loss(proximal="c3"), tune_as="sgpo"),
+           V("sgpo-tau0.1", "sgpo", loss(proximal="c2", tau=0.1), tune_as="sgpo"),
+           V("sgpo-tau0.5", "sgpo", loss(proximal="c2", tau=0.5), tune_as="sgpo"),
+           V("sgpo-need", "sgpo", alg(weight_mode="need"), tune_as="sgpo"),
+           V("sgpo-competence", "sgpo", alg(weight_mode="competence"), tune_as="sgpo")]
+    for mode in ("marginal", "need", "competence", "constant"):
+        label = "sgpo-all" if mode == "marginal" else f"sgpo-all-{mode}"
+        out.append(V(label, "sgpo", alg(distill_on="all", weight_mode=mode), tune_as="sgpo"))
+    return tuple(out)
+
+
+def settings(m: ModuleType) -> dict[str, dict]:
+    """name -> Setting fields, per group."""
+    groups: dict[str, dict[str, dict]] = {g: {} for g in ("trace", "kl", "proximal", "quality", "competence",
+                                                          "capacity")}
+    base = {"tune_from": "pair"}
+    luffy3 = ("luffy-g0.01", "luffy", "luffy-g1")
+    for style, seeds in TRACE_SEEDS.items():
+        if style == "T0":  # the base cells are T0's; new here: the two-stage run and LUFFY's gamma
+            vs, retune = ("sft", "sft-grpo", "luffy-g0.01", "luffy-g1"), ()
+        elif style in ("T2", "T4"):
+            vs, retune = ("sft", "sft-grpo") + luffy3, ("sft",)
+        else:
+            vs, retune = ("sft", "sft-grpo", "luffy"), ("sft",)
+        extra = {}
+        if style == "T4":  # long traces: the length limit is raised for every method
+            vs += ("sgpo", "imitation", "grpo")
+            extra = {"max_new_tokens": 96}
+        groups["trace"][f"trace-{style}"] = dict(base, tasks={"trace_style": style}, variants=vs, retune=retune,
+                                                 seeds=seeds, **extra)
+    partial_model = {"partial_pretrain_share": 0.25}
+    kl = [("p2", {"strategy_partial_share": 1.0, "partial_shifts": 2}, (1, 2, 4, 8)),
+          ("p3", {"strategy_partial_share": 1.0, "partial_shifts": 3}, (1, 4)),
+          ("full", {}, (1, 4))]
+    for name, tasks, ggs in kl:
+        for gg in ggs:  # G_a = 4 autonomous for both methods, G_g guided: budget 4 + G_g
+            groups["kl"][f"kl-{name}-g{gg}"] = dict(base, tasks={**partial_model, **tasks}, variants=("sgpo", "imitation"),
+                                                    budget=4 + gg, group_guided=gg, seeds=FIVE,
+                                                    record_metrics=SELECTIVITY_METRICS)
+    for u, (epochs, minis) in {1: (1, 1), 4: (1, 4), 8: (2, 4)}.items():
+        modes = ("sgpo-none", "sgpo", "sgpo-c3") if u == 1 else ("sgpo-none", "sgpo", "sgpo-c1", "sgpo-c3")
+        if u == 8:
+            modes += ("sgpo-tau0.1", "sgpo-tau0.5")
+        for lr in (1e-4, 3e-4, 1e-3):
+            groups["proximal"][f"prox-u{u}-lr{lr:.0e}"] = dict(
+                overrides={"algorithm": {"ppo_epochs": epochs, "mini_batches": minis}}, fixed_lr=lr, variants=modes,
+                step_budget=100, probe_every=10, seeds=FIVE, record_metrics=STABILITY_METRICS)
+    all_modes = ("sgpo-all", "sgpo-all-need", "sgpo-all-competence", "sgpo-all-constant")
+    quality = {"w0": {}, "w10": {"strategy_wrong_share": 0.1}, "w30": {"strategy_wrong_share": 0.3},
+               "w50": {"strategy_wrong_share": 0.5}, "p30": {"strategy_partial_share": 0.3}}
+    for name, tasks in quality.items():
+        vs = all_modes if name == "w0" else all_modes + ("sgpo", "sgpo-constant")
+        if name == "w30":
+            vs += ("sgpo-need", "sgpo-competence")
+        groups["quality"][f"quality-{name}"] = dict(base, tasks=tasks, variants=vs, seeds=FIVE,
+                                                    record_metrics=SELECTIVITY_METRICS)
+    for name, bias in PRIOR_BIAS.items():
+        vs = ("sgpo-need", "sgpo-competence") if bias == 0 else ("sgpo", "sgpo-need", "sgpo-competence",
+                                                                  "sgpo-constant", "grpo")
+        groups["competence"][f"comp-{name}"] = dict(base, tasks={"prior_bias": bias} if bias else {}, variants=vs,
+                                                    seeds=FIVE, record_metrics=SELECTIVITY_METRICS)
+    for name, pretrain in MODELS.items():
+        retune = ("sgpo", "grpo") if name in ("small", "large") else ()
+        groups["capacity"][f"cap-{name}"] = dict(base, pretrain=pretrain, variants=("sgpo", "grpo", "sft", "imitation"),
+                                                 retune=retune, seeds=FIVE)
+    return groups
+
+
+def register(m: ModuleType) -> None:
+    """Add the dials to the harness module ``m`` (its SETTINGS, EXTRA_VARIANTS and GROUPS)."""
+    m.EXTRA_VARIANTS = tuple(v for v in m.EXTRA_VARIANTS if v.label not in {x.label for x in variants(m)}) + variants(m)
+    groups = settings(m)
+    for group, entries in groups.items():
+        for name, fields in entries.items():
+            m.SETTINGS[name] = m.Setting(name, **fields)
+        m.GROUPS[group] = tuple(entries)
+    m.GROUPS["claims"] = tuple(n for g in groups.values() for n in g)
+
+
+def cpu_hours(m: ModuleType, minutes_per_cell: float = 2.5) -> dict[str, float]:
+    """A rough cost per group: report and tuning cells x minutes per 200-step base cell, scaled
+    by steps, updates per rollout (proximal), length (T4) and model width (capacity)."""
+    out = {}
+    for group, names in m.GROUPS.items():
+        if group == "claims":
+            continue
+        total = 0.0
+        for n in names:
+            s = m.SETTINGS[n]
+            cells = len(m.tune_cells(s)) + len(s.seeds) * len(m.setting_variants(s))
+            u = math.prod(s.overrides.get("algorithm", {}).get(k, 1) for k in ("ppo_epochs", "mini_batches"))
+            scale = s.step_budget / 200 * (1 + 0.15 * (u - 1)) * (s.max_new_tokens / 32) ** 0.5
+            scale *= (s.pretrain.get("hidden_size", 128) / 128) ** 1.5 * (s.budget / 8)
+            total += cells * minutes_per_cell * scale
+        out[group] = round(total / 60, 1)
+    return out
