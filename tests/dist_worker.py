@@ -23,8 +23,8 @@ def fixed_batch(vocab: int, k: int = 8) -> list[TrainSequence]:
         s = TrainSequence(p, c, role, advantage=float(torch.randn(1, generator=g)), weight=float(torch.rand(1, generator=g)))
         if role == "distill":
             lp = torch.log_softmax(torch.randn(t, vocab, generator=g, dtype=torch.float64), -1)
-            s.teacher_lp, s.support_ids = lp.topk(k, -1)
-            s.teacher_lp_sampled = lp.gather(-1, torch.tensor(c)[:, None])[:, 0]
+            s.teacher_logp, s.support_ids = lp.topk(k, -1)
+            s.teacher_logp_sampled = lp.gather(-1, torch.tensor(c)[:, None])[:, 0]
         seqs.append(s)
     return seqs
 

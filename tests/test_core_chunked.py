@@ -44,16 +44,16 @@ def _problem(dtype=F64, device="cpu", seed=0):
     coef[4:8] = 0.0  # a whole chunk of size 4 is skipped
     coef[1] = 0.0
     cast = lambda t: t.to(dtype=dtype, device=device).requires_grad_()  # noqa: E731
-    tensors = dict(support_ids=ids.to(device), teacher_logprobs=teacher_lp.to(device), coef=coef.to(device))
+    tensors = dict(support_ids=ids.to(device), teacher_logp=teacher_lp.to(device), coef=coef.to(device))
     kwargs = dict(sampled_ids=sampled.to(device), old_logp=old_logp.to(device),
-                  teacher_logp_sampled=teacher_sampled.to(device), old_support_logprobs=old_support.to(device),
+                  teacher_logp_sampled=teacher_sampled.to(device), old_support_logp=old_support.to(device),
                   temperature=TEMPERATURE)
     return cast(h), cast(w), cast(b), tensors, kwargs
 
 
 def _run(fn, h, w, b, tensors, kwargs, divergence="forward", proximal="c2", **extra):
     settings = LossSettings(divergence=divergence, proximal=proximal)
-    loss, metrics = fn(h, w, tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"],
+    loss, metrics = fn(h, w, tensors["support_ids"], tensors["teacher_logp"], tensors["coef"],
                        lm_head_bias=b, settings=settings, **kwargs, **extra)
     grads = torch.autograd.grad(loss, (h, w, b))
     return loss, grads, metrics
@@ -81,7 +81,7 @@ def test_fused_matches_reference(divergence, proximal, chunk_size):
 @pytest.mark.parametrize("proximal", ["c2", "c1", "c3"])
 def test_missing_old_quantities_mean_theta_equals_old(proximal):
     h, w, b, tensors, kwargs = _problem()
-    kwargs.update(old_logp=None, teacher_logp_sampled=None, old_support_logprobs=None)
+    kwargs.update(old_logp=None, teacher_logp_sampled=None, old_support_logp=None)
     ref = _run(distill_loss_reference, h, w, b, tensors, kwargs, proximal=proximal)
     out = _run(distill_loss_from_hidden, h, w, b, tensors, kwargs, proximal=proximal, chunk_size=3)
     torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-12)
@@ -166,7 +166,7 @@ def test_never_materialises_more_than_a_chunk_of_logits():
 def test_fused_gradient_for_the_weight_only():
     h, w, b, tensors, kwargs = _problem()
     frozen = h.detach()
-    args = (tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"])
+    args = (tensors["support_ids"], tensors["teacher_logp"], tensors["coef"])
     (g_out,) = torch.autograd.grad(distill_loss_from_hidden(frozen, w, *args, **kwargs, chunk_size=3)[0], w)
     (g_ref,) = torch.autograd.grad(distill_loss_reference(frozen, w, *args, **kwargs)[0], w)
     torch.testing.assert_close(g_out, g_ref, rtol=0, atol=1e-12)
@@ -175,14 +175,14 @@ def test_fused_gradient_for_the_weight_only():
 def test_no_grad_and_argument_errors():
     h, w, b, tensors, kwargs = _problem()
     with torch.no_grad():
-        loss, _ = distill_loss_from_hidden(h, w, tensors["support_ids"], tensors["teacher_logprobs"],
+        loss, _ = distill_loss_from_hidden(h, w, tensors["support_ids"], tensors["teacher_logp"],
                                            tensors["coef"], lm_head_bias=b, **kwargs)
     assert not loss.requires_grad and loss.isfinite()
     with pytest.raises(ValueError, match="forward"):
-        distill_loss_from_hidden(h, w, tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"],
+        distill_loss_from_hidden(h, w, tensors["support_ids"], tensors["teacher_logp"], tensors["coef"],
                                  **kwargs, settings=LossSettings(divergence="reverse", proximal="c1"))
     with pytest.raises(ValueError, match="shape"):
-        distill_loss_from_hidden(h[:3], w, tensors["support_ids"], tensors["teacher_logprobs"], tensors["coef"],
+        distill_loss_from_hidden(h[:3], w, tensors["support_ids"], tensors["teacher_logp"], tensors["coef"],
                                  **kwargs)
 
 

@@ -102,10 +102,10 @@ def test_each_method_emits_what_its_entry_declares(method, tmp_path, tiny_model_
     for s in seqs:
         if s.role == "distill":
             t = len(s.completion_ids)
-            assert s.support_ids.shape == s.teacher_lp.shape == (t, 4) and s.teacher_lp_sampled.shape == (t,)
+            assert s.support_ids.shape == s.teacher_logp.shape == (t, 4) and s.teacher_logp_sampled.shape == (t,)
             assert s.teacher_prompt_ids is not None and s.teacher_prompt_ids != s.prompt_ids
         else:
-            assert s.support_ids is None and s.teacher_lp is None
+            assert s.support_ids is None and s.teacher_logp is None
         if s.role in ("rl", "offpolicy"):
             assert s.advantage == s.advantage  # set (not NaN)
         assert s.old_logp is None  # one update per rollout: old = current

@@ -217,6 +217,25 @@ def test_golden_loss_of_one_default_sgpo_step(default_step):
                                                   ("sample", "score", "advantages", "weights", "teacher_targets")}
 
 
+def test_golden_loss_of_the_core_objective(default_step):
+    """The same golden values from sgpo.core.policy_objective itself, called on the step's
+    sequences packed into one micro-batch and the initial model's hidden states."""
+    from sgpo.core import policy_objective
+    from sgpo.trainer.batch import collate
+    from sgpo.trainer.forward import base_and_head, packed_hidden
+
+    tr, model = default_step["trainer"], default_step["initial"]
+    ref_rl, ref_distill, n_rl, _ = _reference_loss(model, tr.tokenizer, tr.generator.seen)
+    mb = collate(default_step["batch"].sequences, tr.pad_id, torch.device("cpu"))
+    base, head = base_and_head(model)
+    with torch.no_grad():
+        h = packed_hidden(base, mb.input_ids, mb.attention_mask, mb.rows, mb.positions)
+        loss, metrics = policy_objective(h, head.weight, mb.tokens, tr.cfg.loss, normalizer=float(n_rl))
+    assert float(metrics["loss/rl"]) == pytest.approx(ref_rl, rel=1e-6, abs=1e-7)
+    assert float(metrics["loss/distill"]) == pytest.approx(ref_distill, rel=1e-5)
+    assert float(loss) == pytest.approx(ref_rl + ref_distill, rel=1e-5)
+
+
 def test_normalizer_all_divides_by_every_loss_token_and_rl_matches_grpo(tmp_path, peaky_model_dir, default_step):
     tr = default_step["trainer"]
     ref_rl, ref_distill, n_rl, n_distill = _reference_loss(default_step["initial"], tr.tokenizer, tr.generator.seen)

@@ -96,15 +96,18 @@ def test_collate_positions_predict_completion_tokens():
     k = 2
     seqs = [TrainSequence([1, 2, 3], [4, 5], "rl", advantage=0.5),
             TrainSequence([6], [7, 8, 9], "distill", weight=0.25, support_ids=torch.zeros(3, k, dtype=torch.long),
-                          teacher_lp=torch.zeros(3, k), teacher_lp_sampled=torch.zeros(3))]
+                          teacher_logp=torch.zeros(3, k), teacher_logp_sampled=torch.zeros(3), guided=True)]
     mb = collate(seqs, pad_id=0, device=torch.device("cpu"))
+    t = mb.tokens
     assert mb.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
     # hidden at position t predicts token t+1: row 0 positions 2,3 -> tokens 4,5; row 1 positions 0,1,2 -> 7,8,9
     assert mb.rows.tolist() == [0, 0, 1, 1, 1] and mb.positions.tolist() == [2, 3, 0, 1, 2]
-    assert mb.input_ids[mb.rows, mb.positions + 1].tolist() == mb.targets.tolist() == [4, 5, 7, 8, 9]
-    assert mb.index["rl"].tolist() == [0, 1] and mb.index["distill"].tolist() == [2, 3, 4]
-    assert mb.advantage["rl"].tolist() == [0.5, 0.5] and mb.weight["distill"].tolist() == [0.25] * 3
-    assert mb.old_logp["rl"] is None and mb.support_ids.shape == (3, k)
+    assert mb.input_ids[mb.rows, mb.positions + 1].tolist() == t.targets.tolist() == [4, 5, 7, 8, 9]
+    assert t.seq.tolist() == [0, 0, 1, 1, 1]  # each token's sequence (sequence-level aggregations)
+    assert t.index["rl"].tolist() == [0, 1] and t.index["distill"].tolist() == [2, 3, 4]
+    assert t.advantage.tolist() == [0.5, 0.5, 0.0, 0.0, 0.0] and t.weight.tolist() == [1.0, 1.0] + [0.25] * 3
+    assert t.guided.tolist() == [False, False, True, True, True]
+    assert t.old_logp is None and t.support_ids.shape == (3, k) and t.pg_weight is None
 
 
 def test_normalizer_counts_rl_tokens_or_all():

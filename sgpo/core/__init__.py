@@ -1,15 +1,17 @@
 """The pure algorithmic core of SGPO: advantages, instance weights, policy losses, divergences,
-proximal constraints, loss aggregation, the chunked LM-head losses and the one
-definition of the objective's knobs (:class:`LossSettings`).
+proximal constraints, loss aggregation, the chunked LM-head engine, the objective as one
+function (:func:`policy_objective`) and the one definition of its knobs (:class:`LossSettings`).
 
 Imports only torch and the standard library; trainers, CLIs and I/O call into it, never the
 other way round (tests/test_core_imports.py checks this in a fresh interpreter)."""
 
 from sgpo.core.advantages import ADVANTAGE_SCALES, group_advantages
-from sgpo.core.aggregate import AGGREGATION_MODES, aggregate, masked_mean
+from sgpo.core.aggregate import AGGREGATION_MODES, aggregate, aggregation_weights, masked_mean
 from sgpo.core.chunked import (
+    HeadLogprobs,
     distill_loss_from_hidden,
     distill_loss_reference,
+    head_logprobs,
     token_logprobs_from_hidden,
     token_logprobs_reference,
 )
@@ -25,6 +27,7 @@ from sgpo.core.distill import (
     teacher_targets_from_logits,
     teacher_topk,
 )
+from sgpo.core.objective import ROLES, PackedTokens, policy_objective
 from sgpo.core.policy import clipped_policy_loss, luffy_offpolicy_loss, nll_loss
 from sgpo.core.proximal import (
     PROXIMAL_MODES,
@@ -39,12 +42,16 @@ from sgpo.core.weights import WEIGHT_MODES, instance_weights, update_competence
 __all__ = [
     "ADVANTAGE_SCALES",
     "AGGREGATION_MODES",
+    "HeadLogprobs",
+    "PackedTokens",
+    "ROLES",
     "DIVERGENCES",
     "PROXIMAL_MODES",
     "WEIGHT_MODES",
     "LossSettings",
     "NORMALIZERS",
     "aggregate",
+    "aggregation_weights",
     "bucket_divergence",
     "c2_trust_mask",
     "clipped_policy_loss",
@@ -55,11 +62,13 @@ __all__ = [
     "distill_token_loss",
     "forward_kl",
     "group_advantages",
+    "head_logprobs",
     "instance_weights",
     "jsd",
     "luffy_offpolicy_loss",
     "masked_mean",
     "nll_loss",
+    "policy_objective",
     "psft_clip_loss",
     "reverse_kl",
     "support_logprobs",

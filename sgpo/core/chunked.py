@@ -13,7 +13,9 @@ than [chunk_size, V] logits at once in forward or backward:
   Same FLOPs as the naive path, nothing recomputed.
 - :func:`token_logprobs_from_hidden`: sampled-token log-probs for the RL / SFT / LUFFY terms;
   it saves only its inputs and one logsumexp per row and recomputes each chunk's logits in
-  backward (its output feeds losses the core does not see, so gradients cannot be formed early).
+  backward (its output feeds several terms, so gradients are not formed early).
+- :func:`head_logprobs`: the same chunked pass without gradient, for what the trainer freezes
+  at rollout time: the teacher's top-k targets and the old student's log-probs.
 
 Each has a plain full-logits autograd reference (``*_reference``) used by the equivalence tests.
 Logits are produced by a matmul in the input dtype (bf16 on GPU, like the model's own LM head)
@@ -29,7 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from sgpo.core.distill import DIVERGENCES, bucket_divergence, compute_dtype, support_logprobs, teacher_support
+from sgpo.core.distill import (
+    DIVERGENCES,
+    bucket_divergence,
+    compute_dtype,
+    support_logprobs,
+    teacher_support,
+    teacher_targets_from_logits,
+)
 from sgpo.core.proximal import PROXIMAL_MODES, c2_trust_mask, distill_token_loss
 from sgpo.core.settings import LossSettings
 
@@ -48,19 +57,19 @@ class DistillTargets:
     """Per-token no-gradient inputs of the distillation term (M tokens)."""
 
     support_ids: torch.Tensor  # [M, K] teacher top-k ids
-    teacher_lp: torch.Tensor  # [M, K] teacher log-probs on the support (normalised over V)
+    teacher_logp: torch.Tensor  # [M, K] teacher log-probs on the support (normalised over V)
     coef: torch.Tensor  # [M] lambda * w_i / N_tok, 0 for ineligible tokens
     sampled_ids: torch.Tensor  # [M]
     old_logp: torch.Tensor | None  # [M] log q_old(y_t); None means q_old = q_theta (nothing masked)
     teacher_logp_sampled: torch.Tensor | None  # [M] log p(y_t)
-    old_support_lp: torch.Tensor | None  # [M, K] log q_old on the support; None means q_old = q_theta
+    old_support_logp: torch.Tensor | None  # [M, K] log q_old on the support; None means q_old = q_theta
 
     def rows(self, sl: slice) -> DistillTargets:
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[sl]
 
-        return DistillTargets(self.support_ids[sl], self.teacher_lp[sl], self.coef[sl], self.sampled_ids[sl],
-                              cut(self.old_logp), cut(self.teacher_logp_sampled), cut(self.old_support_lp))
+        return DistillTargets(self.support_ids[sl], self.teacher_logp[sl], self.coef[sl], self.sampled_ids[sl],
+                              cut(self.old_logp), cut(self.teacher_logp_sampled), cut(self.old_support_logp))
 
 
 def _chunks(m: int, chunk_size: int) -> Iterator[slice]:
@@ -84,10 +93,10 @@ def _token_terms(student_lp: torch.Tensor, student_sampled: torch.Tensor, tg: Di
     """From student bucket log-probs [c, K+1] and sampled log-probs [c]: the weighted loss
     sum_t coef_t m_t l_t (scalar), the plain divergence per token [c] (0 where coef is 0) and
     the proximal mask [c]. Shared by the fused path and the reference."""
-    teacher = teacher_support(tg.teacher_lp, vocab_size=vocab)  # [c, K+1]
+    teacher = teacher_support(tg.teacher_logp, vocab_size=vocab)  # [c, K+1]
     old = None
     if s.proximal in ("c1", "c3"):
-        old = student_lp.detach() if tg.old_support_lp is None else teacher_support(tg.old_support_lp, vocab_size=vocab)
+        old = student_lp.detach() if tg.old_support_logp is None else teacher_support(tg.old_support_logp, vocab_size=vocab)
     per_token = distill_token_loss(student_lp, teacher, s, old_lp=old)  # [c]
     if s.proximal == "c2" and tg.old_logp is not None:
         mask = c2_trust_mask(student_sampled, tg.old_logp, tg.teacher_logp_sampled, s.tau)  # [c]
@@ -116,8 +125,8 @@ def _check_distill_args(hidden: torch.Tensor, weight: torch.Tensor, tg: DistillT
     if hidden.dim() != 2 or hidden.shape[0] != m or weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"shape mismatch: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, "
                          f"support_ids {tuple(tg.support_ids.shape)}")
-    if tg.teacher_lp.shape != (m, k) or tg.coef.shape != (m,) or tg.sampled_ids.shape != (m,):
-        raise ValueError("teacher_logprobs must be [M, K], coef and sampled_ids [M]")
+    if tg.teacher_logp.shape != (m, k) or tg.coef.shape != (m,) or tg.sampled_ids.shape != (m,):
+        raise ValueError("teacher_logp must be [M, K], coef and sampled_ids [M]")
 
 
 def _fused_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tg: DistillTargets,
@@ -201,14 +210,14 @@ class _FusedDistill(torch.autograd.Function):
         return scale(grad_h, h_dtype), scale(grad_w, w_dtype), scale(grad_b, b_dtype), None, None, None
 
 
-def _targets(hidden: torch.Tensor, support_ids: torch.Tensor, teacher_logprobs: torch.Tensor, coef: torch.Tensor,
+def _targets(hidden: torch.Tensor, support_ids: torch.Tensor, teacher_logp: torch.Tensor, coef: torch.Tensor,
              sampled_ids: torch.Tensor, old_logp: torch.Tensor | None, teacher_logp_sampled: torch.Tensor | None,
-             old_support_logprobs: torch.Tensor | None) -> DistillTargets:
+             old_support_logp: torch.Tensor | None) -> DistillTargets:
     """Detached targets in the compute dtype of ``hidden`` (float32 for bf16, float64 for float64)."""
     dtype = compute_dtype(hidden.dtype)
     prep = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
-    return DistillTargets(support_ids, prep(teacher_logprobs), prep(coef), sampled_ids, prep(old_logp),
-                          prep(teacher_logp_sampled), prep(old_support_logprobs))
+    return DistillTargets(support_ids, prep(teacher_logp), prep(coef), sampled_ids, prep(old_logp),
+                          prep(teacher_logp_sampled), prep(old_support_logp))
 
 
 def _metrics(plain: torch.Tensor, masked: torch.Tensor, sampled: torch.Tensor,
@@ -222,13 +231,13 @@ def distill_loss_from_hidden(
     hidden: torch.Tensor,  # [M, H]
     lm_head_weight: torch.Tensor,  # [V, H]
     support_ids: torch.Tensor,  # [M, K] teacher top-k ids
-    teacher_logprobs: torch.Tensor,  # [M, K] teacher log-probs on the support, normalised over V
+    teacher_logp: torch.Tensor,  # [M, K] teacher log-probs on the support, normalised over V
     coef: torch.Tensor,  # [M] lambda * w_i / N_tok, 0 for ineligible tokens
     *,
     sampled_ids: torch.Tensor,  # [M]
     old_logp: torch.Tensor | None = None,  # [M] log q_old(y_t); None: q_old = q_theta (C2 masks nothing)
     teacher_logp_sampled: torch.Tensor | None = None,  # [M] log p(y_t), needed by C2 with old_logp
-    old_support_logprobs: torch.Tensor | None = None,  # [M, K] log q_old on the support (C1/C3); None: q_theta
+    old_support_logp: torch.Tensor | None = None,  # [M, K] log q_old on the support (C1/C3); None: q_theta
     settings: LossSettings = LossSettings(),  # divergence, proximal variant and its parameters
     lm_head_bias: torch.Tensor | None = None,  # [V]
     temperature: float = 1.0,
@@ -246,8 +255,8 @@ def distill_loss_from_hidden(
     before the proximal mask; ``masked_frac`` the fraction of coef != 0 tokens C2 masked;
     ``student_logp_sampled`` [M] log q_theta(y_t). Per-token metrics are 0 where coef is 0.
     """
-    tg = _targets(hidden, support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
-                  old_support_logprobs)
+    tg = _targets(hidden, support_ids, teacher_logp, coef, sampled_ids, old_logp, teacher_logp_sampled,
+                  old_support_logp)
     _check_distill_args(hidden, lm_head_weight, tg, settings)
     loss, plain, masked, sampled = _FusedDistill.apply(hidden, lm_head_weight, lm_head_bias, tg,
                                                        _Pass(settings, temperature, chunk_size), torch.is_grad_enabled())
@@ -258,13 +267,13 @@ def distill_loss_reference(
     hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,
     support_ids: torch.Tensor,
-    teacher_logprobs: torch.Tensor,
+    teacher_logp: torch.Tensor,
     coef: torch.Tensor,
     *,
     sampled_ids: torch.Tensor,
     old_logp: torch.Tensor | None = None,
     teacher_logp_sampled: torch.Tensor | None = None,
-    old_support_logprobs: torch.Tensor | None = None,
+    old_support_logp: torch.Tensor | None = None,
     settings: LossSettings = LossSettings(),  # divergence, proximal variant and its parameters
     lm_head_bias: torch.Tensor | None = None,
     temperature: float = 1.0,
@@ -272,8 +281,8 @@ def distill_loss_reference(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Reference for :func:`distill_loss_from_hidden`: full [M, V] logits and plain autograd.
     ``chunk_size`` is accepted for a drop-in signature and ignored."""
-    tg = _targets(hidden, support_ids, teacher_logprobs, coef, sampled_ids, old_logp, teacher_logp_sampled,
-                  old_support_logprobs)
+    tg = _targets(hidden, support_ids, teacher_logp, coef, sampled_ids, old_logp, teacher_logp_sampled,
+                  old_support_logp)
     _check_distill_args(hidden, lm_head_weight, tg, settings)
     logits = _head_logits(hidden, lm_head_weight, lm_head_bias, temperature)  # [M, V]
     student_lp = support_logprobs(logits, tg.support_ids)  # [M, K+1]
@@ -359,3 +368,53 @@ def token_logprobs_reference(
     """Reference for :func:`token_logprobs_from_hidden`: full logits, log_softmax, gather."""
     logits = _head_logits(hidden, lm_head_weight, lm_head_bias, temperature)  # [M, V]
     return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, None])[:, 0]
+
+
+@dataclass
+class HeadLogprobs:
+    """No-gradient log-probs of M tokens through the LM head (:func:`head_logprobs`)."""
+
+    logp: torch.Tensor  # [M] log-prob of ``ids``
+    support_ids: torch.Tensor | None  # [M, K] the top-k ids (top_k given) or the given support
+    support_logp: torch.Tensor | None  # [M, K] log-probs on the support, normalised over V
+
+
+@torch.no_grad()
+def head_logprobs(
+    hidden: torch.Tensor,  # [M, H]
+    lm_head_weight: torch.Tensor,  # [V, H]
+    ids: torch.Tensor,  # [M] the sampled tokens
+    *,
+    top_k: int | None = None,  # keep the top-k of each distribution (0 = all V): teacher targets
+    support_ids: torch.Tensor | None = None,  # [M, K] log-probs on this support: old student on the teacher's
+    lm_head_bias: torch.Tensor | None = None,  # [V]
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> HeadLogprobs:
+    """The one chunked LM-head pass of everything frozen at rollout time: log-probs of ``ids``
+    and, with ``top_k``, the top-k support and its log-probs (the teacher's targets), or, with
+    ``support_ids``, the log-probs on that support (the old student, for C1/C3). At most
+    [chunk_size, V] logits exist at once; the same logits and temperature as the losses."""
+    if top_k is not None and support_ids is not None:
+        raise ValueError("give top_k (teacher targets) or support_ids (old log-probs on a support), not both")
+    m = hidden.shape[0]
+    if ids.shape != (m,) or lm_head_weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"shape mismatch: hidden {tuple(hidden.shape)}, weight {tuple(lm_head_weight.shape)}, "
+                         f"ids {tuple(ids.shape)}")
+    logp, sup_ids, sup_lp = [], [], []
+    for sl in _chunks(m, chunk_size):
+        z = _head_logits(hidden[sl], lm_head_weight, lm_head_bias, temperature)  # [c, V]
+        if top_k is not None:
+            lp, top, sampled = teacher_targets_from_logits(z, top_k or z.shape[-1], ids[sl])  # [c, K], [c, K], [c]
+            logp.append(sampled)
+            sup_ids.append(top)
+            sup_lp.append(lp)
+            continue
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [c, 1]
+        logp.append((z.gather(-1, ids[sl, None]) - lse)[:, 0])
+        if support_ids is not None:
+            sup_lp.append(z.gather(-1, support_ids[sl]) - lse)
+    cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
+    empty = hidden.new_zeros(0, dtype=compute_dtype(hidden.dtype))
+    return HeadLogprobs(cat(logp) if logp else empty,
+                        cat(sup_ids) if top_k is not None else support_ids, cat(sup_lp))

@@ -1,8 +1,9 @@
 """The knobs of the training objective, defined once.
 
 :class:`LossSettings` is the ``loss:`` section of the training config (``--set loss.tau=0.1``),
-the object :class:`sgpo.trainer.loss.PolicyLoss` holds and what the distillation functions of
-the core take. Every default below is the only place that default is written down.
+the object :class:`sgpo.trainer.loss.PolicyLoss` holds and what the objective of the core
+(:func:`sgpo.core.objective.policy_objective`) and its distillation functions take. Every
+default below is the only place that default is written down.
 """
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ class LossSettings:
     # traces), so the RL gradient is GRPO's whatever is distilled; all = every loss token (RL +
     # distilled guided). Updates without RL tokens (sft) use all tokens either way.
     normalizer: str = "rl"
+    # how per-token losses become one number (sgpo.core.aggregate): token-mean (sum / tokens) |
+    # seq-mean-token-mean (each sequence's token mean, summed / sequences) | seq-mean-token-sum
+    # (each sequence's token sum, summed / (sequences x aggregation_length): Dr. GRPO, LUFFY's
+    # on-policy script). Tokens and sequences are those loss.normalizer counts.
+    aggregation: str = "token-mean"
+    aggregation_length: int = 0  # seq-mean-token-sum: the fixed length L; 0 = algorithm.max_new_tokens

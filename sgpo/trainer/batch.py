@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-ROLES = ("rl", "offpolicy", "nll", "distill")
+from sgpo.core.objective import ROLES, PackedTokens
+
 RL_ROLES = ("rl", "offpolicy")  # the policy-gradient terms (GRPO's token mean runs over these)
 
 
@@ -22,11 +23,12 @@ class TrainSequence:
     role: str  # rl | offpolicy | nll | distill
     advantage: float = 0.0  # rl, offpolicy
     weight: float = 1.0  # nll, distill: instance weight w_i
+    guided: bool = False  # a guided trajectory learnt under the unguided prompt: scaled by loss.distill_coef
     old_logp: torch.Tensor | None = None  # [T] rollout-time student log-probs (None: on-policy, use current)
     support_ids: torch.Tensor | None = None  # [T, K] distill
-    teacher_lp: torch.Tensor | None = None  # [T, K]
-    teacher_lp_sampled: torch.Tensor | None = None  # [T]
-    old_support_lp: torch.Tensor | None = None  # [T, K] C1/C3 with several updates per rollout
+    teacher_logp: torch.Tensor | None = None  # [T, K]
+    teacher_logp_sampled: torch.Tensor | None = None  # [T]
+    old_support_logp: torch.Tensor | None = None  # [T, K] C1/C3 with several updates per rollout
     teacher_prompt_ids: list[int] | None = None  # distill: the teacher's context (prompt with the strategy)
 
     @property
@@ -36,76 +38,92 @@ class TrainSequence:
 
 @dataclass
 class MicroBatch:
+    """Right-padded rows for the model's forward and their packed loss tokens for the core."""
+
     input_ids: torch.Tensor  # [n, L]
     attention_mask: torch.Tensor  # [n, L]
     rows: torch.Tensor  # [M] row of each completion token
     positions: torch.Tensor  # [M] position of the hidden state that predicts it
-    targets: torch.Tensor  # [M] the token
-    index: dict[str, torch.Tensor] = field(default_factory=dict)  # role -> [M_role] indices into M
-    advantage: dict[str, torch.Tensor] = field(default_factory=dict)  # rl/offpolicy -> [M_role]
-    old_logp: dict[str, torch.Tensor | None] = field(default_factory=dict)  # rl/distill -> [M_role] or None
-    weight: dict[str, torch.Tensor] = field(default_factory=dict)  # nll/distill -> [M_role]
-    support_ids: torch.Tensor | None = None  # [M_d, K]
-    teacher_lp: torch.Tensor | None = None  # [M_d, K]
-    teacher_lp_sampled: torch.Tensor | None = None  # [M_d]
-    old_support_lp: torch.Tensor | None = None  # [M_d, K]
+    tokens: PackedTokens  # the M loss tokens: targets, roles, advantages, weights, teacher targets
 
 
-def _cat_or_none(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
-    if not parts or any(p is None for p in parts):
+def pad_right(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, L] ids and attention mask from ragged rows."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pack_rows(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows prompt + completion, right-padded ([n, L] ids and mask), and per completion token
+    [M] its row, the position of the hidden state that predicts it and the token."""
+    input_ids, attention_mask = pad_right([p + c for p, c in zip(prompt_ids, completion_ids)], pad_id, device)
+    rows, positions, targets = [], [], []
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        rows += [i] * len(c)
+        positions += range(len(p) - 1, len(p) + len(c) - 1)
+        targets += c
+    as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    return input_ids, attention_mask, as_long(rows), as_long(positions), as_long(targets)
+
+
+def _per_token(seqs: list[TrainSequence], value, dtype=torch.float32) -> torch.Tensor:  # [M]
+    return torch.cat([torch.full((s.num_tokens,), value(s), dtype=dtype) for s in seqs]) if seqs \
+        else torch.zeros(0, dtype=dtype)
+
+
+def _old_logp(seqs: list[TrainSequence]) -> torch.Tensor | None:
+    """[M] rollout-time log-probs; None when no sequence has them (one update per rollout).
+    Sequences of roles that do not read them (nll, offpolicy) hold 0."""
+    have = [s.old_logp is not None for s in seqs if s.role in ("rl", "distill")]
+    if not any(have):
         return None
-    return torch.cat(parts)  # type: ignore[arg-type]
+    if not all(have):
+        raise ValueError("some rl/distill sequences of a micro-batch have rollout-time log-probs and some do not")
+    return torch.cat([s.old_logp if s.old_logp is not None else torch.zeros(s.num_tokens) for s in seqs])
 
 
 def collate(seqs: list[TrainSequence], pad_id: int, device: torch.device) -> MicroBatch:
-    """Right-pad the rows and flatten completion tokens, grouped by role."""
-    rows_ids = [s.prompt_ids + s.completion_ids for s in seqs]
-    width = max(len(r) for r in rows_ids)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, positions, targets, roles = [], [], [], []
-    for i, (s, r) in enumerate(zip(seqs, rows_ids)):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        attention_mask[i, : len(r)] = 1
-        p = len(s.prompt_ids)
-        rows += [i] * s.num_tokens
-        positions += range(p - 1, p + s.num_tokens - 1)
-        targets += s.completion_ids
-        roles += [s.role] * s.num_tokens
-    mb = MicroBatch(input_ids.to(device), attention_mask.to(device), torch.tensor(rows, device=device),
-                    torch.tensor(positions, device=device), torch.tensor(targets, device=device))
+    """Right-pad the rows and pack the completion tokens with everything the objective reads."""
+    input_ids, attention_mask, rows, positions, targets = pack_rows([s.prompt_ids for s in seqs],
+                                                                   [s.completion_ids for s in seqs], pad_id, device)
+    roles = [s.role for s in seqs for _ in range(s.num_tokens)]
+    tokens = PackedTokens(targets, rows.clone(),
+                          advantage=_per_token(seqs, lambda s: s.advantage).to(device),
+                          weight=_per_token(seqs, lambda s: s.weight).to(device),
+                          guided=_per_token(seqs, lambda s: s.guided, torch.bool).to(device))
+    old = _old_logp(seqs)
+    tokens.old_logp = old.to(device) if old is not None else None
     for role in ROLES:
-        members = [s for s in seqs if s.role == role]
-        if not members:
-            continue
-        mb.index[role] = torch.tensor([k for k, r in enumerate(roles) if r == role], device=device)
-        if role in ("rl", "offpolicy"):
-            mb.advantage[role] = torch.cat([torch.full((s.num_tokens,), s.advantage) for s in members]).to(device)
-        if role in ("nll", "distill"):
-            mb.weight[role] = torch.cat([torch.full((s.num_tokens,), s.weight) for s in members]).to(device)
-        if role in ("rl", "distill"):
-            old = _cat_or_none([s.old_logp for s in members])
-            mb.old_logp[role] = old.to(device) if old is not None else None
+        if role in roles:
+            tokens.index[role] = torch.tensor([k for k, r in enumerate(roles) if r == role], device=device)
     distill = [s for s in seqs if s.role == "distill"]
     if distill:
-        mb.support_ids = torch.cat([s.support_ids for s in distill]).to(device)  # type: ignore[misc]
-        mb.teacher_lp = torch.cat([s.teacher_lp for s in distill]).to(device)  # type: ignore[misc]
-        mb.teacher_lp_sampled = torch.cat([s.teacher_lp_sampled for s in distill]).to(device)  # type: ignore[misc]
-        old_sup = _cat_or_none([s.old_support_lp for s in distill])
-        mb.old_support_lp = old_sup.to(device) if old_sup is not None else None
-    return mb
+        tokens.support_ids = torch.cat([s.support_ids for s in distill]).to(device)  # type: ignore[misc]
+        tokens.teacher_logp = torch.cat([s.teacher_logp for s in distill]).to(device)  # type: ignore[misc]
+        tokens.teacher_logp_sampled = torch.cat([s.teacher_logp_sampled for s in distill]).to(device)  # type: ignore[misc]
+        if all(s.old_support_logp is not None for s in distill):
+            tokens.old_support_logp = torch.cat([s.old_support_logp for s in distill]).to(device)  # type: ignore[misc]
+    return MicroBatch(input_ids, attention_mask, rows, positions, tokens)
 
 
 def split_micro_batches(seqs: list[TrainSequence], micro_batch_size: int) -> list[list[TrainSequence]]:
     return [seqs[i:i + micro_batch_size] for i in range(0, len(seqs), micro_batch_size)]
 
 
-def normalizer_tokens(seqs: list[TrainSequence], normalizer: str) -> tuple[int, int]:
-    """This process's (tokens counted by ``normalizer``, all loss tokens) of an update:
-    ``rl`` counts the RL terms' tokens, ``all`` every loss token (see ``loss.normalizer``)."""
-    total = sum(s.num_tokens for s in seqs)
+def normalizer_tokens(seqs: list[TrainSequence], normalizer: str, aggregation: str = "token-mean") -> tuple[int, int]:
+    """This process's (count by ``normalizer``, count over every loss sequence) of an update:
+    ``rl`` counts the RL terms' sequences, ``all`` every one (see ``loss.normalizer``); the
+    count is of tokens for ``token-mean`` and of sequences for the seq- aggregations."""
+    size = (lambda s: s.num_tokens) if aggregation == "token-mean" else (lambda s: 1 if s.num_tokens else 0)
+    total = sum(size(s) for s in seqs)
     if normalizer == "all":
         return total, total
     if normalizer != "rl":
         raise ValueError(f"unknown normalizer {normalizer!r}; expected 'rl' or 'all'")
-    return sum(s.num_tokens for s in seqs if s.role in RL_ROLES), total
+    return sum(size(s) for s in seqs if s.role in RL_ROLES), total

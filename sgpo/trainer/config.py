@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sgpo.core import ADVANTAGE_SCALES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, WEIGHT_MODES, LossSettings
+from sgpo.core import ADVANTAGE_SCALES, AGGREGATION_MODES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, WEIGHT_MODES, LossSettings
 from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
 from sgpo.rewards.functions import RewardConfig
 from sgpo.trainer.checks import check_values
@@ -157,6 +157,10 @@ class TrainConfig:
         _choice("loss.divergence", loss.divergence, DIVERGENCES)
         _choice("loss.proximal", loss.proximal, PROXIMAL_MODES)
         _choice("loss.normalizer", loss.normalizer, NORMALIZERS)
+        _choice("loss.aggregation", loss.aggregation, AGGREGATION_MODES)
+        if loss.aggregation_length < 0:
+            raise ValueError(f"loss.aggregation_length = {loss.aggregation_length}: must be >= 0 "
+                             "(0 = algorithm.max_new_tokens)")
         _choice("system.generation_backend", s.generation_backend, ("hf", "vllm", "vllm-server"))
         method_spec(a.method).check_budget(a.samples_per_problem, a.group_guided)
         if a.top_k < 0 or t.prompts_per_step < 1 or s.micro_batch_size < 1 or t.max_steps < 1 or s.chunk_size < 1:

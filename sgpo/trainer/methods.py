@@ -268,10 +268,9 @@ def sequences(ctx: StepContext, r: StepRollouts, rewards: Rewards, adv: Advantag
         for b, g in eligible(r, rewards, w, ctx.algo.distill_on).nonzero().tolist():
             tokens = r.guided.completions[b][g].token_ids
             if spec.guided == "nll":  # imitation: lambda w_i NLL of the trajectory under the unguided prompt
-                seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "nll",
-                                          weight=ctx.loss.distill_coef * float(w[b])))
+                seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "nll", weight=float(w[b]), guided=True))
             else:  # student: unguided prompt; teacher: the strategy-conditioned prompt it was sampled in
-                seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "distill", weight=float(w[b]),
+                seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "distill", weight=float(w[b]), guided=True,
                                           teacher_prompt_ids=r.guided.prompt_ids[b]))
     return seqs
 
@@ -287,7 +286,7 @@ def attach_teacher_targets(ctx: StepContext, seqs: list[TrainSequence]) -> None:
                               top_k=ctx.algo.top_k, pad_id=ctx.pad_id, batch_size=ctx.batch_size,
                               chunk_size=ctx.chunk_size, temperature=ctx.algo.temperature)
     for s, t in zip(todo, targets):
-        s.support_ids, s.teacher_lp, s.teacher_lp_sampled = t.support_ids, t.teacher_lp, t.teacher_lp_sampled
+        s.support_ids, s.teacher_logp, s.teacher_logp_sampled = t.support_ids, t.teacher_logp, t.teacher_logp_sampled
 
 
 def attach_old_logprobs(ctx: StepContext, seqs: list[TrainSequence]) -> None:
@@ -304,7 +303,7 @@ def attach_old_logprobs(ctx: StepContext, seqs: list[TrainSequence]) -> None:
                         pad_id=ctx.pad_id, batch_size=ctx.batch_size, chunk_size=ctx.chunk_size,
                         temperature=ctx.algo.temperature)
     for s, (lp, sup) in zip(todo, olds):
-        s.old_logp, s.old_support_lp = lp, sup
+        s.old_logp, s.old_support_logp = lp, sup
 
 
 # -- statistics for logging ------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Rollout-time work: render and encode prompts, sample groups, score them, and compute the
-no-gradient quantities the losses need (teacher top-k targets from the strategy-conditioned context, old log-probs).
-Everything here runs under ``torch.no_grad`` on the unwrapped policy."""
+"""Rollout-time work: render and encode prompts, sample groups, and compute the no-gradient
+quantities the losses need (teacher top-k targets from the strategy-conditioned context, old
+log-probs).
+The teacher targets and old log-probs run under ``torch.no_grad`` on the unwrapped policy,
+through the core's LM-head engine (:func:`sgpo.core.head_logprobs`)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from typing import Any, Sequence
 import torch
 
 from sgpo import prompts
-from sgpo.core import teacher_targets_from_logits
+from sgpo.core import HeadLogprobs, head_logprobs
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig, encode_prompts  # noqa: F401  (re-exported)
+from sgpo.trainer.batch import pack_rows
+from sgpo.trainer.forward import base_and_head, packed_hidden
 
 
 @dataclass
@@ -20,8 +24,8 @@ class TokenTargets:
     """Per-token distillation targets of one trajectory (T completion tokens)."""
 
     support_ids: torch.Tensor  # [T, K] teacher top-k ids (K = V for the full vocabulary)
-    teacher_lp: torch.Tensor  # [T, K] teacher log-probs on the support (normalised over V)
-    teacher_lp_sampled: torch.Tensor  # [T] teacher log-prob of the sampled token
+    teacher_logp: torch.Tensor  # [T, K] teacher log-probs on the support (normalised over V)
+    teacher_logp_sampled: torch.Tensor  # [T] teacher log-prob of the sampled token
 
 
 def render_prompts(tokenizer: Any, problems: Sequence[Problem], guided: bool,
@@ -56,77 +60,46 @@ def group_rewards(flat: list[float], groups: list[list[Completion]], width: int)
     return out
 
 
-def base_and_head(lm: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The decoder stack (returns hidden states) and the LM head of a causal LM."""
-    if getattr(lm.config, "final_logit_softcapping", None) or getattr(lm.config, "logit_scale", None):
-        raise NotImplementedError("models that rescale logits after the LM head are not supported yet")
-    return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
-
-
-def pad_right(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, L] ids and attention mask from ragged rows."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long, device=device)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
-def completion_hidden(base: torch.nn.Module, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                      pad_id: int, device: torch.device) -> list[torch.Tensor]:
-    """Hidden states that predict each completion token: for a row with prompt length P and
-    completion length C, positions P-1 .. P+C-2. Returns a list of [C, H] tensors."""
-    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
-    ids, mask = pad_right(rows, pad_id, device)
-    hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state  # [n, L, H]
-    return [hidden[i, len(p) - 1: len(p) + len(c) - 1] for i, (p, c) in enumerate(zip(prompt_ids, completion_ids))]
-
-
 @torch.no_grad()
-def teacher_targets(lm: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]], *, top_k: int,
-                    pad_id: int, batch_size: int, chunk_size: int, temperature: float = 1.0) -> list[TokenTargets]:
-    """Teacher distributions over each completion token, from the context ``prompt_ids``
-    (the strategy-conditioned prompt). The LM head runs ``chunk_size`` tokens at a time so
-    at most [chunk_size, V] logits exist; only the top-k (or all V when top_k == 0) is kept."""
+def _head_passes(lm: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                 batch_size: int, chunk_size: int, temperature: float, top_k: int | None = None,
+                 support_ids: list[torch.Tensor | None] | None = None) -> list[HeadLogprobs]:
+    """Per sequence (in order) the no-gradient LM-head log-probs of its completion tokens in
+    the context ``prompt_ids``: ``batch_size`` sequences per forward, their tokens packed and
+    run through :func:`sgpo.core.head_logprobs` (the one chunked LM-head engine)."""
     base, head = base_and_head(lm)
     device = next(lm.parameters()).device
-    out: list[TokenTargets] = []
+    weight, bias = head.weight, getattr(head, "bias", None)
+    out: list[HeadLogprobs] = []
     for s in range(0, len(prompt_ids), batch_size):
-        hs = completion_hidden(base, prompt_ids[s:s + batch_size], completion_ids[s:s + batch_size], pad_id, device)
-        for h, comp in zip(hs, completion_ids[s:s + batch_size]):
-            sampled = torch.tensor(comp, device=device)
-            ids_parts, lp_parts, samp_parts = [], [], []
-            for c in range(0, h.shape[0], chunk_size):
-                logits = head(h[c:c + chunk_size]).float() / temperature  # [c, V]
-                lp, ids, lp_sampled = teacher_targets_from_logits(logits, top_k or logits.shape[-1],
-                                                                  sampled[c:c + chunk_size])  # [c, K], [c, K], [c]
-                ids_parts.append(ids)
-                lp_parts.append(lp)
-                samp_parts.append(lp_sampled)
-            out.append(TokenTargets(torch.cat(ids_parts), torch.cat(lp_parts), torch.cat(samp_parts)))
+        prompts, comps = prompt_ids[s:s + batch_size], completion_ids[s:s + batch_size]
+        ids, mask, rows, positions, targets = pack_rows(prompts, comps, pad_id, device)
+        h = packed_hidden(base, ids, mask, rows, positions)  # [M, H]
+        sup = None
+        if support_ids is not None and all(x is not None for x in support_ids[s:s + batch_size]):
+            sup = torch.cat([x.to(device) for x in support_ids[s:s + batch_size]])  # [M, K]
+        res = head_logprobs(h, weight, targets, top_k=top_k, support_ids=sup, lm_head_bias=bias,
+                            temperature=temperature, chunk_size=chunk_size)
+        sizes = [len(c) for c in comps]
+        cut = lambda t: [None] * len(sizes) if t is None else t.split(sizes)  # noqa: E731
+        out += [HeadLogprobs(lp, si, sl) for lp, si, sl in zip(res.logp.split(sizes), cut(res.support_ids),
+                                                             cut(res.support_logp))]
     return out
 
 
-@torch.no_grad()
+def teacher_targets(lm: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]], *, top_k: int,
+                    pad_id: int, batch_size: int, chunk_size: int, temperature: float = 1.0) -> list[TokenTargets]:
+    """Teacher distributions over each completion token, from the context ``prompt_ids``
+    (the strategy-conditioned prompt): the top-k (or all V when top_k == 0) of each."""
+    passes = _head_passes(lm, prompt_ids, completion_ids, pad_id, batch_size, chunk_size, temperature, top_k=top_k)
+    return [TokenTargets(p.support_ids, p.support_logp, p.logp) for p in passes]
+
+
 def old_logprobs(lm: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]],
                  support_ids: list[torch.Tensor | None], *, pad_id: int, batch_size: int, chunk_size: int,
                  temperature: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Rollout-time student log-probs in the training context: of the sampled token [T] and,
     where ``support_ids`` is given, on the teacher's support [T, K] (proximal C1/C3)."""
-    base, head = base_and_head(lm)
-    device = next(lm.parameters()).device
-    out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    for s in range(0, len(prompt_ids), batch_size):
-        hs = completion_hidden(base, prompt_ids[s:s + batch_size], completion_ids[s:s + batch_size], pad_id, device)
-        for h, comp, sup in zip(hs, completion_ids[s:s + batch_size], support_ids[s:s + batch_size]):
-            sampled = torch.tensor(comp, device=device)
-            samp_parts, sup_parts = [], []
-            for c in range(0, h.shape[0], chunk_size):
-                lp = torch.log_softmax(head(h[c:c + chunk_size]).float() / temperature, -1)  # [c, V]
-                samp_parts.append(lp.gather(-1, sampled[c:c + chunk_size, None])[:, 0])
-                if sup is not None:
-                    sup_parts.append(lp.gather(-1, sup[c:c + chunk_size]))
-            out.append((torch.cat(samp_parts), torch.cat(sup_parts) if sup is not None else None))
-    return out
+    passes = _head_passes(lm, prompt_ids, completion_ids, pad_id, batch_size, chunk_size, temperature,
+                          support_ids=support_ids)
+    return [(p.logp, p.support_logp if sup is not None else None) for p, sup in zip(passes, support_ids)]

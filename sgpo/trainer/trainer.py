@@ -113,7 +113,8 @@ class Trainer:
                 train_micro_batch_size_per_gpu=mbs, train_batch_size=mbs * self.accelerator.num_processes,
                 gradient_accumulation_steps=1, gradient_clipping=t.max_grad_norm)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(
-            PolicyLoss(lm, cfg.loss, temperature=cfg.algorithm.temperature, chunk_size=cfg.system.chunk_size),
+            PolicyLoss(lm, cfg.loss, temperature=cfg.algorithm.temperature, chunk_size=cfg.system.chunk_size,
+                       fixed_length=cfg.loss.aggregation_length or cfg.algorithm.max_new_tokens),
             optimizer, scheduler)
         self.teacher = self._frozen_initial_policy(initial) if cfg.algorithm.teacher == "initial" else None
         self.generator, self.fixed_generator = generator, generator is not None
@@ -229,16 +230,18 @@ class Trainer:
     def update(self, seqs: list) -> tuple[list[dict], list[Any]]:
         """PPO epochs x mini-batches optimiser updates on this step's sequences, then one
         scheduler step: the learning rate is a function of the training step. Each update
-        minimises :class:`sgpo.trainer.loss.PolicyLoss`: the RL term
-        (:func:`sgpo.core.clipped_policy_loss`) plus lambda w_i m_t l_t on distilled tokens
-        (:func:`sgpo.core.distill_loss_from_hidden`), every term divided by N (``loss.normalizer``)."""
+        minimises :class:`sgpo.trainer.loss.PolicyLoss`, which runs the model and the objective of
+        the core, :func:`sgpo.core.policy_objective`: the RL term plus lambda w_i m_t l_t on
+        distilled tokens (and the NLL / off-policy terms of the baselines), every term aggregated
+        against the update's N (``loss.normalizer``, ``loss.aggregation``)."""
         a, t = self.cfg.algorithm, self.cfg.training
         metrics, updates = [], []
         for _ in range(a.ppo_epochs):
             for k in range(a.mini_batches):
                 result, m = optimizer_update(self.accelerator, self.module, self.optimizer, seqs[k::a.mini_batches],
                                              micro_batch_size=self.cfg.system.micro_batch_size, pad_id=self.pad_id,
-                                             normalizer=self.cfg.loss.normalizer, max_grad_norm=t.max_grad_norm)
+                                             normalizer=self.cfg.loss.normalizer, max_grad_norm=t.max_grad_norm,
+                                             aggregation=self.cfg.loss.aggregation)
                 metrics += m
                 updates.append(result)
         self.scheduler.step()

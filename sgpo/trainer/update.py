@@ -47,7 +47,8 @@ def is_deepspeed(accelerator: Any) -> bool:
 
 
 def accumulate_gradients(accelerator: Any, module: Any, seqs: list[TrainSequence], *, micro_batch_size: int,
-                         pad_id: int, normalizer: str) -> tuple[float, list[dict[str, torch.Tensor]]]:
+                         pad_id: int, normalizer: str, aggregation: str = "token-mean"
+                         ) -> tuple[float, list[dict[str, torch.Tensor]]]:
     """Forward/backward every micro-batch; returns the global loss of the update and the
     per-micro-batch metrics. Gradients are left in ``.grad`` (already averaged over processes);
     under DeepSpeed the engine has already stepped at the last micro-batch.
@@ -57,7 +58,7 @@ def accumulate_gradients(accelerator: Any, module: Any, seqs: list[TrainSequence
         raise ValueError("sgpo normalises the loss itself: run accelerate with gradient_accumulation_steps = 1 "
                          f"(got {accelerator.gradient_accumulation_steps}); micro-batches are set by "
                          "system.micro_batch_size")
-    counted, total = normalizer_tokens(seqs, normalizer)
+    counted, total = normalizer_tokens(seqs, normalizer, aggregation)
     n_tok = global_sum(accelerator, counted) or global_sum(accelerator, total)
     micro = split_micro_batches(seqs, micro_batch_size)
     n_micro = global_max(accelerator, len(micro))
@@ -102,13 +103,14 @@ def clip_and_check(accelerator: Any, module: Any, max_grad_norm: float, loss: fl
 
 
 def optimizer_update(accelerator: Any, module: Any, optimizer: Any, seqs: list[TrainSequence], *,
-                     micro_batch_size: int, pad_id: int, normalizer: str, max_grad_norm: float
+                     micro_batch_size: int, pad_id: int, normalizer: str, max_grad_norm: float,
+                     aggregation: str = "token-mean"
                      ) -> tuple[UpdateResult, list[dict[str, torch.Tensor]]]:
     """One optimiser update on ``seqs``: accumulate, clip, step unless non-finite, zero.
     DeepSpeed stepped inside the last backward (its optimizer.step is a no-op) and skips a
     non-finite gradient norm itself; ``optimizer_step_was_skipped`` reports that."""
     loss, metrics = accumulate_gradients(accelerator, module, seqs, micro_batch_size=micro_batch_size, pad_id=pad_id,
-                                         normalizer=normalizer)
+                                         normalizer=normalizer, aggregation=aggregation)
     norm, finite = clip_and_check(accelerator, module, max_grad_norm, loss)
     if finite:
         optimizer.step()
