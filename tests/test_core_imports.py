@@ -38,6 +38,7 @@ def test_core_sources_import_only_torch_stdlib_and_core():
 LAYERS = [
     {"sgpo.core", "sgpo.errors"},
     {"sgpo.locks"},
+    {"sgpo.cache"},
     {"sgpo.io", "sgpo.schema", "sgpo.prompts", "sgpo.compat", "sgpo.models"},
     {"sgpo.rewards", "sgpo.data", "sgpo.generation", "sgpo.world"},
     {"sgpo.strategies", "sgpo.evaluation"},

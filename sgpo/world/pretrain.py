@@ -61,23 +61,14 @@ class WorldConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def seeded_world(name: str = "single", seed: int = 0, tasks: dict[str, Any] | None = None,
-                 pretrain: dict[str, Any] | None = None) -> WorldConfig:
+def seeded_world(name: str = "single", seed: int = 0) -> WorldConfig:
     """World seed ``seed`` of the named world: its own keyword -> procedure map (``map_seed``)
-    and its own pre-training seed, so seeds differ in the map and in the pre-trained model.
-    ``tasks`` and ``pretrain`` override :class:`WorldSpec` and :class:`PretrainSpec` fields (a
-    dial's setting, e.g. ``{"trace_style": "T2"}``, ``{"hidden_size": 256}``)."""
-    from dataclasses import fields, replace
+    and its own pre-training seed, so seeds differ in the map and in the pre-trained model."""
+    from dataclasses import replace
 
     if name not in WORLDS:
         raise ValueError(f"unknown world {name!r} (have {', '.join(WORLDS)})")
-    for what, cls, values in (("tasks", WorldSpec, tasks), ("pretrain", PretrainSpec, pretrain)):
-        unknown = sorted(set(values or {}) - {f.name for f in fields(cls)} - {"seed", "map_seed"})
-        if unknown or {"seed", "map_seed"} & set(values or {}):
-            raise ValueError(f"seeded_world {what} overrides: unknown {unknown} or a seed field (the world seed "
-                             f"sets map_seed and seed); {cls.__name__} has {', '.join(f.name for f in fields(cls))}")
-    return WorldConfig(tasks=replace(WORLDS[name], map_seed=seed, **(tasks or {})),
-                       pretrain=replace(PretrainSpec(seed=seed), **(pretrain or {})))
+    return WorldConfig(tasks=replace(WORLDS[name], map_seed=seed), pretrain=PretrainSpec(seed=seed))
 
 
 class _PlainTemplate:
@@ -171,25 +162,17 @@ def world_model_path(cfg: WorldConfig | None = None, cache: str | os.PathLike | 
                      progress: bool = True) -> Path:
     """The pre-trained world model's folder, pre-training it on first use (a few minutes on
     2 CPU cores). ``world.json`` in the folder records the settings and pre-training stats."""
-    cfg = cfg or WorldConfig()
-    target = Path(cache) if cache else cache_root() / cfg.key()
-    if _built(target):
-        return target
+    from sgpo.cache import cached_entry
     from sgpo.models import save_model_folder
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from sgpo.locks import exclusive_lock
+    cfg = cfg or WorldConfig()
+    target = Path(cache) if cache else cache_root() / cfg.key()
 
-    # processes that need the same model wait for one build
-    with exclusive_lock(target.with_name(target.name + ".lock"), "world pre-training", wait=True):
-        if _built(target):
-            return target
+    def build(folder: Path) -> None:  # under the entry's lock: processes that need it wait for one build
         model, tok, stats = pretrain(cfg, progress=progress)
         info = {"key": cfg.key(), "tasks": cfg.tasks.pretrain_fingerprint(), "pretrain": asdict(cfg.pretrain),
                 "stats": stats}
-        return save_model_folder(model, tok, target, {"world.json": json.dumps(info, indent=2)})
+        save_model_folder(model, tok, folder, {"world.json": json.dumps(info, indent=2)})
 
-
-def _built(target: Path) -> bool:
-    return (target / "model.safetensors").exists() and (target / "world.json").exists()
-
+    return cached_entry(target, build, what=f"the strategy-world model {target.name}",
+                        required=("config.json", "model.safetensors", "tokenizer.json", "world.json"))
