@@ -8,7 +8,7 @@ __all__ = ["Completion", "Generator", "Prompt", "SamplingConfig", "encode_prompt
 
 def make_generator(backend: str, model: object = None, tokenizer: object = None, **kwargs: object) -> Generator:
     """``backend``: ``hf`` (needs model and tokenizer), ``vllm`` (colocated engine),
-    ``vllm-server`` (a running ``trl vllm-serve``)."""
+    ``vllm-server`` (a running ``vllm serve``, :func:`sgpo.generation.vllm.server_command`)."""
     if backend == "hf":
         from sgpo.generation.hf import HFGenerator
 

@@ -30,6 +30,9 @@ class Completion:
     text: str
     token_ids: list[int]  # completion tokens only, EOS included when generation stopped on it
     finish_reason: str  # "stop" (EOS) or "length" (hit max_new_tokens)
+    # [T] the engine's log-prob of each sampled token under the distribution it sampled from
+    # (vLLM: after temperature and top-p); None where the engine reports none (hf)
+    logprobs: list[float] | None = None
 
 
 class Generator(Protocol):

@@ -98,10 +98,13 @@ class SystemConfig:
     """System knobs: none of these change the loss or gradient of a step, only speed and memory."""
 
     micro_batch_size: int = 8  # sequences per forward/backward (and per no-grad teacher forward)
-    generation_backend: str = "hf"  # hf | vllm (colocated) | vllm-server
+    generation_backend: str = "hf"  # hf | vllm (colocated) | vllm-server (`vllm serve`, README)
     generation_batch_size: int = 64  # prompts per `generate` call (hf backend)
     chunk_size: int = 1024  # tokens per LM-head chunk in the fused losses and teacher targets
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the colocated vLLM engine takes
+    # colocated vllm: the engine frees its weights and KV cache while the policy trains (woken for
+    # each rollout, weights reloaded from the policy): a 7B policy and its engine share one GPU
+    vllm_sleep_mode: bool = False
     vllm_host: str = "127.0.0.1"  # vllm-server: host of the server
     vllm_port: int = 8000  # vllm-server: port of the server
 

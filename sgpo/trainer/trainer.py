@@ -184,7 +184,8 @@ class Trainer:
             self.generator = make_generator(t.generation_backend, self.cfg.model.name_or_path, self.tokenizer,
                                             gpu_memory_utilization=t.vllm_gpu_memory_utilization,
                                             host=t.vllm_host, port=t.vllm_port, process_index=acc.process_index,
-                                            is_main_process=acc.is_main_process)
+                                            is_main_process=acc.is_main_process, device=acc.device,
+                                            sleep_mode=t.vllm_sleep_mode)
         self.generator.sync_weights(lm)
         self.accelerator.wait_for_everyone()  # no process samples from stale server weights
         return self.generator
