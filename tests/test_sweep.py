@@ -150,3 +150,14 @@ def test_every_variant_gets_the_budget_by_construction(label, tmp_path):
     b = method_spec(v.method).budget(cfg.algorithm.samples_per_problem, cfg.algorithm.group_guided)
     assert b.total == (s.budget if v.method != "sft" else 1) and cfg.training.learning_rate == 1e-4
     assert cfg.eval.probe_every == s.probe_every and cfg.algorithm.method == v.method
+
+
+def test_committed_readme_table_is_the_one_the_committed_cells_give(tmp_path):
+    """README.md's sweep block is generated: after committing cells, run `sweep.py report`."""
+    root = Path(__file__).resolve().parents[1]
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text())
+    args = argparse.Namespace(cells_dir=str(root / "benchmarks" / "results" / "cells"),
+                              out=str(tmp_path / "sweep.md"), readme=str(readme), settings="pair")
+    sweep_report().report(args)
+    assert readme.read_text() == (root / "README.md").read_text(), "run: python benchmarks/sweep.py report"
