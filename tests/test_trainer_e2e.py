@@ -8,6 +8,7 @@ right about one time in ten; the others run a tiny random model with the same to
 weights, NLL, LUFFY's always-correct off-policy trace)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ STRATEGY = {"problem_type": "addition of small whole numbers",
 SYSTEM = ("You are a careful math assistant. Solve the problem briefly and end with the final answer in "
           "\\boxed{}, for example: 3 + 4 = 7, so the answer is \\boxed{7}.")
 REAL_MODEL_METHODS = ("grpo", "guided_rl")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _problems():
@@ -152,3 +154,28 @@ def test_teacher_initial_is_a_frozen_second_copy_of_the_starting_weights(tmp_pat
     assert all(torch.equal(p, initial[n]) and not p.requires_grad for n, p in teacher.state_dict(keep_vars=True).items())
     assert any(not torch.equal(p, initial[n]) for n, p in res.model.state_dict().items())
     assert res.history[-1]["distill/tokens"] > 0
+
+
+@pytest.mark.slow
+def test_default_sgpo_path_on_the_strategy_world(tmp_path):
+    """SGPO as shipped (configs/cpu-tiny.yaml: weight_mode marginal, distill_on correct, C2),
+    no setting forced: on the strategy world guided rollouts succeed where unguided ones fail,
+    so the marginal weights are positive and correct guided trajectories are distilled, and
+    the model moves. The other end-to-end runs force constant weights and distill_on: all."""
+    from sgpo.models import load_model
+    from sgpo.trainer.config import TrainConfig
+
+    cfg = load_config(REPO / "configs" / "cpu-tiny.yaml", [f"data.path={REPO / 'data' / 'world' / 'train.jsonl'}",
+                                                           "training.max_steps=3", "run.save_steps=0",
+                                                           "run.progress=false", f"run.output_dir={tmp_path / 'run'}"])
+    defaults = TrainConfig()
+    assert (cfg.algorithm.method, cfg.algorithm.weight_mode, cfg.algorithm.distill_on, cfg.loss.proximal) == \
+        ("sgpo", defaults.algorithm.weight_mode, defaults.algorithm.distill_on, defaults.loss.proximal) == \
+        ("sgpo", "marginal", "correct", "c2")
+    initial = {k: v.clone() for k, v in load_model(cfg.model.name_or_path, dtype="float32").state_dict().items()}
+    res = train(cfg)
+    assert len(res.history) == 3 and res.skipped_updates == 0
+    assert all(rec["p_guided"] > rec["p_auto"] for rec in res.history), res.history
+    assert all(rec["weight/nonzero_frac"] > 0 and rec["distill/tokens"] > 0 for rec in res.history)
+    assert all(rec["samples/auto"] + rec["samples/guided"] == cfg.algorithm.samples_per_problem for rec in res.history)
+    assert any(not torch.equal(p, initial[n]) for n, p in res.model.state_dict().items())

@@ -5,8 +5,9 @@ test here), rewards from the real grader, a tiny random model for every forward 
 They check what the SGPO step feeds the loss: the prompt the student and the teacher see,
 which guided trajectories are eligible, the instance weights, the normaliser, and a golden
 loss for one step at the default settings computed by an independent full-vocabulary
-reference written in this file; then that the proximal constraint acts with several updates
-per rollout, that system knobs leave loss and gradients unchanged, and the multi-process
+reference written in this file (through the trainer and through sgpo.core.policy_objective
+directly); then that the proximal constraint acts with several updates per rollout (C2's
+mask; C1's and C3's terms against their definitions), that system knobs leave loss and gradients unchanged, and the multi-process
 merges (batch std, W3 competence) on simulated ranks."""
 
 import copy
@@ -291,6 +292,69 @@ def test_proximal_constraint_acts_with_several_updates_per_rollout(tmp_path, pea
     d_c, d_n = _terms(m_c[half:], "loss/distill"), _terms(m_n[half:], "loss/distill")
     assert d_c < d_n - 1e-6, (d_c, d_n)
     assert _terms(m_c[half:], "loss/rl") == pytest.approx(_terms(m_n[half:], "loss/rl"), rel=1e-6)
+
+
+def _buckets(lp, top):  # [T, V] log-probs, [T, K] ids -> [T, K+1] top-k + tail bucket log-probs
+    rest = torch.ones_like(lp, dtype=torch.bool).scatter(-1, top, False)
+    return torch.cat([lp.gather(-1, top), torch.logsumexp(lp.masked_fill(~rest, -math.inf), -1, keepdim=True)], -1)
+
+
+def _proximal_reference(current, initial, seqs, proximal, s):
+    """The C1 / C3 distillation term from its definition on the teacher's top-64 + tail, in
+    float64: student q from ``current``, q_old and the teacher p from ``initial`` (the rollout-time
+    parameters); C1 -sum_j p_j min(q_j / q_old_j, 1 + eps); C3 KL(p~ || q) with the clipped teacher
+    p~ = softmax(log q_old + clip(log p - log q_old, -c, c)); w-weighted, divided by the RL tokens."""
+    current, initial = copy.deepcopy(current).double().eval(), copy.deepcopy(initial).double().eval()
+    n = sum(len(x.completion_ids) for x in seqs if x.role == "rl")
+    total = 0.0
+    with torch.no_grad():
+        for x in (x for x in seqs if x.role == "distill"):
+            def lp(model, prompt):
+                out = model(torch.tensor([prompt + x.completion_ids])).logits[0]
+                return torch.log_softmax(out[len(prompt) - 1: len(prompt) + len(x.completion_ids) - 1], -1)
+            teacher = lp(initial, x.teacher_prompt_ids)
+            top = teacher.topk(64, -1).indices
+            p, q, old = (_buckets(t, top) for t in (teacher, lp(current, x.prompt_ids), lp(initial, x.prompt_ids)))
+            if proximal == "c1":
+                per_tok = -(p.exp() * (q - old).clamp(max=math.log1p(s.c1_eps)).exp()).sum(-1)
+            else:
+                target = torch.log_softmax(old + (p - old).clamp(-s.c3_clip, s.c3_clip), -1)
+                per_tok = (target.exp() * (target - q)).sum(-1)
+            total += x.weight * float(per_tok.sum())
+    return total / n
+
+
+@pytest.mark.parametrize("proximal", ["c1", "c3"])
+def test_c1_and_c3_after_one_update_follow_their_definition(tmp_path, peaky_model_dir, proximal):
+    """Two PPO epochs on one rollout: after the first update the student has moved, and the
+    second update's distillation term is C1's clipped cross-entropy / C3's KL to the clipped
+    teacher against the rollout-time student, not the plain KL (which the test also computes
+    and requires to differ)."""
+    from sgpo.trainer.update import optimizer_update
+
+    tr, initial = _trainer(tmp_path, peaky_model_dir, "algorithm.ppo_epochs=2", f"loss.proximal={proximal}",
+                           "training.learning_rate=0.05", "training.max_grad_norm=0", name=proximal)
+    seqs = tr.rollout(PhaseTimer()).sequences
+    assert all(x.old_support_logp is not None for x in seqs if x.role == "distill")
+    kwargs = dict(micro_batch_size=8, pad_id=tr.pad_id, normalizer="rl")
+    optimizer_update(tr.accelerator, tr.module, tr.optimizer, seqs, max_grad_norm=0, **kwargs)
+    _, metrics = accumulate_gradients(tr.accelerator, tr.module, seqs, **kwargs)
+    tr.optimizer.zero_grad(set_to_none=True)
+    current = tr.accelerator.unwrap_model(tr.module).lm
+    want = _proximal_reference(current, initial, seqs, proximal, tr.cfg.loss)
+    assert _terms(metrics, "loss/distill") == pytest.approx(want, rel=1e-4)
+    plain = _terms(accumulate_gradients(tr.accelerator, _with_proximal(tr, "none"), seqs, **kwargs)[1], "loss/distill")
+    tr.optimizer.zero_grad(set_to_none=True)
+    assert abs(plain - want) > 1e-3 * abs(want), (plain, want)
+
+
+def _with_proximal(tr, mode):
+    """The trainer's loss module with another proximal setting (same parameters)."""
+    import dataclasses
+
+    module = copy.copy(tr.accelerator.unwrap_model(tr.module))
+    module.settings = dataclasses.replace(module.settings, proximal=mode)
+    return module
 
 
 # -- multi-process merges on simulated ranks --------------------------------------------------
