@@ -1,5 +1,5 @@
 """The pure algorithmic core of SGPO: advantages, instance weights, policy losses, divergences,
-proximal constraints, loss aggregation, the chunked LM-head engine, the objective as one
+proximal constraints, loss aggregation, the rollout-engine importance-sampling correction, the chunked LM-head engine, the objective as one
 function (:func:`policy_objective`) and the one definition of its knobs (:class:`LossSettings`).
 
 Imports only torch and the standard library; trainers, CLIs and I/O call into it, never the
@@ -36,6 +36,7 @@ from sgpo.core.proximal import (
     distill_token_loss,
     psft_clip_loss,
 )
+from sgpo.core.rollout_correction import ROLLOUT_IS_MODES, rollout_is_weights
 from sgpo.core.settings import NORMALIZERS, LossSettings
 from sgpo.core.weights import WEIGHT_MODES, instance_weights, update_competence
 
@@ -47,6 +48,7 @@ __all__ = [
     "ROLES",
     "DIVERGENCES",
     "PROXIMAL_MODES",
+    "ROLLOUT_IS_MODES",
     "WEIGHT_MODES",
     "LossSettings",
     "NORMALIZERS",
@@ -71,6 +73,7 @@ __all__ = [
     "policy_objective",
     "psft_clip_loss",
     "reverse_kl",
+    "rollout_is_weights",
     "support_logprobs",
     "teacher_support",
     "teacher_targets_from_logits",

@@ -40,3 +40,9 @@ class LossSettings:
     # on-policy script). Tokens and sequences are those loss.normalizer counts.
     aggregation: str = "token-mean"
     aggregation_length: int = 0  # seq-mean-token-sum: the fixed length L; 0 = algorithm.max_new_tokens
+    # correction of the RL term for the rollout engine's mismatch (engines that report sampled-token
+    # log-probs: vLLM), weight rho = pi_old / pi_rollout per token (sgpo.core.rollout_correction):
+    # sequence_mask (TRL's default) | sequence_truncate | token_mask | token_truncate | none
+    rollout_is: str = "sequence_mask"
+    rollout_is_max: float = 3.0  # cap C_max on rho: *_truncate clamps to it, *_mask zeroes above it (TRL's 3)
+    rollout_is_min: float = 0.0  # floor C_min on rho: clamped up to (*_truncate) or zeroed below (*_mask); 0 = none

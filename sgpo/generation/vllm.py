@@ -71,6 +71,8 @@ def _stop_ids(name: str, tokenizer: Any) -> set[int]:
 
 
 class VLLMGenerator:
+    reports_logprobs = True  # every Completion carries the engine's sampled-token log-probs
+
     def __init__(self, model: Any, tokenizer: Any, server: bool = False, gpu_memory_utilization: float = 0.3,
                  host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
                  process_index: int = 0, is_main_process: bool = True, device: Any = None,

@@ -25,6 +25,8 @@ class TrainSequence:
     weight: float = 1.0  # nll, distill: instance weight w_i
     guided: bool = False  # a guided trajectory learnt under the unguided prompt: scaled by loss.distill_coef
     old_logp: torch.Tensor | None = None  # [T] rollout-time student log-probs (None: on-policy, use current)
+    rollout_logp: torch.Tensor | None = None  # [T] rl: the engine's log-probs of the sampled tokens (vLLM), else None
+    pg_weight: torch.Tensor | None = None  # [T] rl: rollout-correction weight rho_t (loss.rollout_is); None: 1
     support_ids: torch.Tensor | None = None  # [T, K] distill
     teacher_logp: torch.Tensor | None = None  # [T, K]
     teacher_logp_sampled: torch.Tensor | None = None  # [T]
@@ -99,6 +101,9 @@ def collate(seqs: list[TrainSequence], pad_id: int, device: torch.device) -> Mic
                           guided=_per_token(seqs, lambda s: s.guided, torch.bool).to(device))
     old = _old_logp(seqs)
     tokens.old_logp = old.to(device) if old is not None else None
+    if any(s.pg_weight is not None for s in seqs):  # [M]; 1 on tokens without a correction
+        tokens.pg_weight = torch.cat([torch.ones(s.num_tokens) if s.pg_weight is None else s.pg_weight.float()
+                                      for s in seqs]).to(device)
     for role in ROLES:
         if role in roles:
             tokens.index[role] = torch.tensor([k for k, r in enumerate(roles) if r == role], device=device)

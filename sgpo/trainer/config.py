@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from sgpo.core import ADVANTAGE_SCALES, AGGREGATION_MODES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, WEIGHT_MODES, LossSettings
+from sgpo.core import (ADVANTAGE_SCALES, AGGREGATION_MODES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, ROLLOUT_IS_MODES,
+                       WEIGHT_MODES, LossSettings)
 from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
 from sgpo.rewards.functions import RewardConfig
 from sgpo.trainer.checks import check_values
@@ -161,6 +162,10 @@ class TrainConfig:
         _choice("loss.proximal", loss.proximal, PROXIMAL_MODES)
         _choice("loss.normalizer", loss.normalizer, NORMALIZERS)
         _choice("loss.aggregation", loss.aggregation, AGGREGATION_MODES)
+        _choice("loss.rollout_is", loss.rollout_is, ROLLOUT_IS_MODES)
+        if not 0 <= loss.rollout_is_min < loss.rollout_is_max:
+            raise ValueError(f"loss.rollout_is_min = {loss.rollout_is_min}, loss.rollout_is_max = {loss.rollout_is_max}: "
+                             "need 0 <= rollout_is_min < rollout_is_max")
         if loss.aggregation_length < 0:
             raise ValueError(f"loss.aggregation_length = {loss.aggregation_length}: must be >= 0 "
                              "(0 = algorithm.max_new_tokens)")

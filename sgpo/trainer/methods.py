@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from sgpo.core import LossSettings, group_advantages, instance_weights, update_competence
+from sgpo.core import LossSettings, group_advantages, instance_weights, rollout_is_weights, update_competence
 from sgpo.data import Problem
 from sgpo.generation import Completion, Generator, SamplingConfig
 from sgpo.prompts import PromptStyle
@@ -245,9 +245,18 @@ def eligible(r: StepRollouts, rewards: Rewards, w: torch.Tensor, distill_on: str
 def _rl_sequences(rollouts: Rollouts, adv: torch.Tensor) -> list[TrainSequence]:
     """RL trajectories in their sampling context; zero-advantage ones are kept (their tokens
     count in the token mean)."""
-    return [TrainSequence(p, c.token_ids, "rl", advantage=float(adv[b, g]))
+    return [TrainSequence(p, c.token_ids, "rl", advantage=float(adv[b, g]), rollout_logp=_engine_logprobs(c))
             for b, (p, group) in enumerate(zip(rollouts.prompt_ids, rollouts.completions))
             for g, c in enumerate(group) if c.token_ids]
+
+
+def _engine_logprobs(c: Completion) -> torch.Tensor | None:  # [T] or None
+    """The engine's sampled-token log-probs of a completion (vLLM), if it reported them."""
+    if c.logprobs is None:
+        return None
+    if len(c.logprobs) != len(c.token_ids):
+        raise ValueError(f"the generation engine returned {len(c.logprobs)} log-probs for {len(c.token_ids)} tokens")
+    return torch.tensor(c.logprobs, dtype=torch.float32)
 
 
 def sequences(ctx: StepContext, r: StepRollouts, rewards: Rewards, adv: Advantages,
@@ -289,22 +298,49 @@ def attach_teacher_targets(ctx: StepContext, seqs: list[TrainSequence]) -> None:
         s.support_ids, s.teacher_logp, s.teacher_logp_sampled = t.support_ids, t.teacher_logp, t.teacher_logp_sampled
 
 
-def attach_old_logprobs(ctx: StepContext, seqs: list[TrainSequence]) -> None:
-    """With several updates per rollout (PPO epochs x mini-batches), freeze the rollout-time
-    student log-probs now; with one update they equal the current ones and are not computed."""
-    if ctx.algo.ppo_epochs * ctx.algo.mini_batches == 1:
-        return
-    todo = [s for s in seqs if s.role in ("rl", "distill")]
+def attach_old_logprobs(ctx: StepContext, seqs: list[TrainSequence]) -> dict[str, torch.Tensor]:
+    """The rollout-time student log-probs pi_old. With several updates per rollout (PPO epochs x
+    mini-batches) they are frozen now for the loss; with one update they equal the current ones
+    and the loss does not read them. RL trajectories with the engine's log-probs (vLLM) need them
+    at any update count: the rollout correction compares the two (:func:`attach_rollout_correction`,
+    whose per-token statistics this returns)."""
+    several = ctx.algo.ppo_epochs * ctx.algo.mini_batches > 1
+    corrected = [s for s in seqs if s.role == "rl" and s.rollout_logp is not None]
+    todo = [s for s in seqs if s.role in ("rl", "distill")] if several else corrected
     if not todo:
-        return
+        return attach_rollout_correction(ctx, [], [])
     need_support = ctx.loss.proximal in ("c1", "c3")
     support = [s.support_ids if s.role == "distill" and need_support else None for s in todo]
     olds = old_logprobs(ctx.policy, [s.prompt_ids for s in todo], [s.completion_ids for s in todo], support,
                         pad_id=ctx.pad_id, batch_size=ctx.batch_size, chunk_size=ctx.chunk_size,
                         temperature=ctx.algo.temperature)
+    old_of = {}
     for s, (lp, sup) in zip(todo, olds):
-        s.old_logp, s.old_support_logp = lp, sup
+        old_of[id(s)] = lp
+        if several:
+            s.old_logp, s.old_support_logp = lp, sup
+    return attach_rollout_correction(ctx, corrected, [old_of[id(s)] for s in corrected])
 
+
+def attach_rollout_correction(ctx: StepContext, seqs: list[TrainSequence],
+                              olds: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """rho_t of each RL trajectory the engine sampled (``loss.rollout_is``,
+    :func:`sgpo.core.rollout_is_weights` on pi_old vs pi_rollout), set as its ``pg_weight``;
+    returns the per-token statistics behind the ``rollout/*`` metrics: on every process whose
+    engine reports log-probs (empty where it sampled nothing), so the processes gather the same keys."""
+    if not getattr(ctx.generator, "reports_logprobs", False):
+        return {}
+    if not seqs:
+        return {f"rollout/{k}": torch.zeros(0) for k in ("is_ratio", "is_masked", "logprob_abs_diff")}
+    sizes = [s.num_tokens for s in seqs]
+    seq = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor(sizes))  # [M]
+    old = torch.cat([o.detach().float().cpu() for o in olds])  # [M]
+    rollout = torch.cat([s.rollout_logp for s in seqs])  # [M]
+    rho, m = rollout_is_weights(old, rollout, seq, ctx.loss.rollout_is, ctx.loss.rollout_is_max,
+                                ctx.loss.rollout_is_min)  # [M]
+    for s, part in zip(seqs, rho.split(sizes)):
+        s.pg_weight = part
+    return {f"rollout/{k}": v for k, v in m.items()}
 
 # -- statistics for logging ------------------------------------------------------------------
 def step_stats(spec: MethodSpec, r: StepRollouts, rewards: Rewards, w: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -10,6 +10,9 @@ import torch
 
 # loss terms are already divided by their update's global token count: they add up over the
 # micro-batches and processes of one update; a step with several updates logs their mean
+# per-token statistics of the rollout correction (sgpo.core.rollout_correction) -> logged mean
+ROLLOUT_NAMES = {"rollout/is_ratio": "rollout/is_ratio_mean", "rollout/is_masked": "rollout/is_masked_frac",
+                 "rollout/logprob_abs_diff": "rollout/logprob_abs_diff"}
 _SUMMED = ("loss", "loss/rl", "loss/offpolicy", "loss/nll", "loss/distill")
 
 
@@ -49,6 +52,8 @@ class StepMetrics:
             elif key.startswith("reward/failed/"):  # 0/1 per call of one reward function
                 rec[f"reward/failure_share/{key[len('reward/failed/'):]}"] = float(v.mean()) if v.numel() else 0.0
                 rec["reward/failures"] = rec.get("reward/failures", 0.0) + float(v.sum())
+            elif key in ROLLOUT_NAMES:  # per-token values of the rollout correction
+                rec[ROLLOUT_NAMES[key]] = float(v.mean()) if v.numel() else float("nan")
             elif key == "weight_guided":
                 rec["weight/mean_with_strategy"] = float(v.mean()) if v.numel() else float("nan")
             else:

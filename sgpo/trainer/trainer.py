@@ -224,9 +224,9 @@ class Trainer:
             seqs = methods.sequences(ctx, rollouts, rewards, adv, w)  # which trajectory feeds which term
             with timer("teacher_targets"):
                 methods.attach_teacher_targets(ctx, seqs)  # top-k of p(.|x (+) s, y<t)
-            with timer("old_logprobs"):
-                methods.attach_old_logprobs(ctx, seqs)  # q_old(y_t), several updates per rollout only
-        return StepBatch(seqs, methods.step_stats(ctx.spec, rollouts, rewards, w))
+            with timer("old_logprobs"):  # q_old(y_t): several updates per rollout, or the rollout correction
+                correction = methods.attach_old_logprobs(ctx, seqs)  # rho_t of engine-sampled RL tokens
+        return StepBatch(seqs, {**methods.step_stats(ctx.spec, rollouts, rewards, w), **correction})
 
     def update(self, seqs: list) -> tuple[list[dict], list[Any]]:
         """PPO epochs x mini-batches optimiser updates on this step's sequences, then one
