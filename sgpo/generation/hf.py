@@ -1,6 +1,11 @@
-"""Batched sampling with transformers ``model.generate``: the CPU path, and a simple GPU
-path when vLLM is not installed. Prompts are left-padded and sent ``batch_size`` sequences
-at a time.
+"""The HF backend: batched sampling from an in-memory transformers model, the CPU path and a
+simple GPU path when vLLM is not installed. Two samplers (``sampler``, the training config's
+``system.generation_sampler``):
+
+- ``lean`` (default): sgpo's own KV-cached loop (:mod:`sgpo.generation.lean`) for the models it
+  handles, one prefill per distinct prompt; other models go through ``generate``, logged once.
+- ``generate``: transformers ``model.generate``, the reference path. Prompts are left-padded and
+  sent ``batch_size`` sequences at a time.
 
 Sampling uses a GenerationConfig built from the run's :class:`SamplingConfig` alone. A
 model's own ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty: 1.05``) fills
@@ -10,12 +15,17 @@ Only its stop tokens are kept (they end completions; they do not reshape the dis
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
 
 from sgpo.generation.base import Completion, Prompt, SamplingConfig, counts, encode_prompts
+
+SAMPLERS = ("lean", "generate")
+log = logging.getLogger(__name__)
+_fallbacks_logged: set[str] = set()
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -65,11 +75,29 @@ def only_config(model: Any, config: Any) -> Iterator[None]:
         model.generation_config = original
 
 
+def lean_sampler_for(model: Any, eos_ids: set[int], pad_id: int) -> Any:
+    """The lean sampler for ``model``, or None (logged once per reason) when it cannot run it."""
+    from sgpo.generation.lean import LeanSampler, unsupported_reason
+
+    reason = unsupported_reason(model)
+    if reason is None:
+        return LeanSampler(model, eos_ids, pad_id)
+    if reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        log.warning("lean sampler: %s; sampling with model.generate instead", reason)
+    return None
+
+
 class HFGenerator:
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = False):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = False,
+                 sampler: str = "lean"):
+        """``batch_size``: sequences (prompt x sample rows) decoded together. ``sampler``: lean | generate."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} (expected {' or '.join(SAMPLERS)})")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.show_progress = show_progress
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.lean = lean_sampler_for(model, self.eos_ids, tokenizer.pad_token_id) if sampler == "lean" else None
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
@@ -77,6 +105,8 @@ class HFGenerator:
         tok = self.tokenizer
         ns = counts(prompts, n)
         ids = encode_prompts(tok, prompts)
+        if self.lean is not None:
+            return self._generate_lean(ids, ns, sampling)
         flat = [ids[i] for i, k in enumerate(ns) for _ in range(k)]
         # longest prompts first keeps padding low inside each batch
         order = sorted(range(len(flat)), key=lambda k: -len(flat[k]))
@@ -111,6 +141,22 @@ class HFGenerator:
             out.append(results[start:start + k])  # type: ignore[arg-type]
             start += k
         return out
+
+
+    def _generate_lean(self, ids: list[list[int]], ns: list[int], sampling: SamplingConfig) -> list[list[Completion]]:
+        device = next(self.model.parameters()).device
+        generator = None
+        if sampling.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rows = self.lean.sample(ids, ns, sampling, self.batch_size, generator)
+        finally:
+            self.model.train(was_training)
+        decode = self.tokenizer.decode
+        return [[Completion(text=decode(t, skip_special_tokens=True), token_ids=t, finish_reason=r) for t, r, _ in group]
+                for group in rows]
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,7 +100,10 @@ class SystemConfig:
 
     micro_batch_size: int = 8  # sequences per forward/backward (and per no-grad teacher forward)
     generation_backend: str = "hf"  # hf | vllm (colocated) | vllm-server (`vllm serve`, README)
-    generation_batch_size: int = 64  # prompts per `generate` call (hf backend)
+    generation_batch_size: int = 64  # sequences (prompt x sample rows) sampled together (hf backend)
+    # hf backend: lean (sgpo's KV-cached sampler, one prefill per distinct prompt; Llama models,
+    # others fall back to generate, logged once) | generate (transformers model.generate, the reference)
+    generation_sampler: str = "lean"
     chunk_size: int = 1024  # tokens per LM-head chunk in the fused losses and teacher targets
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the colocated vLLM engine takes
     # colocated vllm: the engine frees its weights and KV cache while the policy trains (woken for
@@ -171,6 +174,7 @@ class TrainConfig:
                              "(0 = algorithm.max_new_tokens)")
         _choice("system.generation_backend", s.generation_backend, ("hf", "vllm", "vllm-server"))
         method_spec(a.method).check_budget(a.samples_per_problem, a.group_guided)
+        _choice("system.generation_sampler", s.generation_sampler, ("lean", "generate"))
         if a.top_k < 0 or t.prompts_per_step < 1 or s.micro_batch_size < 1 or t.max_steps < 1 or s.chunk_size < 1:
             raise ValueError("algorithm.top_k >= 0, training.prompts_per_step >= 1, system.micro_batch_size >= 1, "
                              "training.max_steps >= 1, system.chunk_size >= 1 required")

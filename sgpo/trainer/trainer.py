@@ -178,7 +178,8 @@ class Trainer:
         if self.fixed_generator:
             return self.generator
         if t.generation_backend == "hf":
-            return make_generator("hf", lm, self.tokenizer, batch_size=t.generation_batch_size)
+            return make_generator("hf", lm, self.tokenizer, batch_size=t.generation_batch_size,
+                                  sampler=t.generation_sampler)
         if self.generator is None:
             acc = self.accelerator
             self.generator = make_generator(t.generation_backend, self.cfg.model.name_or_path, self.tokenizer,
