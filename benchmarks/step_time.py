@@ -1,47 +1,39 @@
-"""One SGPO step vs one GRPO step with the same number of sampled trajectories per problem
-(SGPO: G_a + G_g, GRPO: G_a + G_g autonomous), on a tiny model, measured side by side.
+"""Training-step time, measured side by side in one run: SGPO vs GRPO at equal sampled
+trajectories per problem (SGPO: G_a autonomous + G_g guided; GRPO: G_a + G_g autonomous), each
+with the HF backend's two samplers (``system.generation_sampler``: ``generate``, transformers
+``model.generate``, the path before the lean sampler; ``lean``, sgpo's own).
 
-The tiny random model never answers correctly, so to time SGPO's worst case the run uses
-``weight_mode: constant`` and ``distill_on: all``: every guided trajectory is distilled
-(teacher forward, top-k targets, fused KL). Target: SGPO step time <= 1.3x GRPO.
+Every configuration is a live trainer; the run goes round-robin over them, one step each per
+round, so a load change on a shared machine hits all of them alike, and reports medians over
+rounds (the first round, which warms allocators up, is dropped) and the ratios between them.
 
-    python benchmarks/step_time.py [--model PATH] [--steps 4] [--tokens 64]
+- ``world``: the strategy-world demo's settings exactly (8 problems x 8 trajectories x up to 32
+  tokens, the 0.67M-parameter model pre-trained on first use, ``sgpo.demo``).
+- ``smollm2``: SmolLM2-135M-Instruct on procedural arithmetic, 4 problems x 8 trajectories x 64
+  tokens. The 135M model rarely solves a problem when guided, so SGPO would distil almost
+  nothing; to time SGPO's worst case the run uses ``weight_mode: constant`` and
+  ``distill_on: all`` (every guided trajectory distilled: teacher pass, full top-k targets).
+
+    python benchmarks/step_time.py [--models world,smollm2] [--rounds 8] [--out benchmarks/results/step_time.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from sgpo.data import build_problems
-from sgpo.trainer.config import load_config
-from sgpo.trainer.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
 
-STRATEGY = {"problem_type": "two-step arithmetic", "key_insight": "Compute the inner quantity before the outer one.",
-            "plan": ["Identify the two quantities", "Combine them in order", "Check the result"]}
-
-
-def step_times(method: str, model: str, steps: int, tokens: int, n: int, g_g: int, out: Path) -> list[float]:
-    sets = [f"algorithm.method={method}", "data.path=unused", f"model.name_or_path={model}", "model.dtype=float32",
-            f"algorithm.samples_per_problem={n}", f"algorithm.group_guided={g_g}", f"algorithm.max_new_tokens={tokens}",
-            "algorithm.weight_mode=constant", "algorithm.distill_on=all", f"training.max_steps={steps + 1}",
-            "training.prompts_per_step=4", "system.micro_batch_size=12", "system.generation_batch_size=48",
-            "run.save_steps=0", "run.save_final_model=false", "run.progress=false", f"run.output_dir={out / method}"]
-    problems = build_problems([{"id": str(i), "problem": f"What is {i} + {2 * i}?", "answer": str(3 * i),
-                                "strategy": STRATEGY} for i in range(16)], "bench")
-    trainer = Trainer(load_config(None, sets), problems=problems)
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        trainer.train_step(_NoBar())
-        times.append(time.perf_counter() - t0)
-    h = trainer.history[1:]  # the first step warms up allocators and kernels
-    print(f"{method}: rollout (generation, scoring, teacher targets) {statistics.median(x['time_rollout'] for x in h):.2f} s, "
-          f"update {statistics.median(x['time_update'] for x in h):.2f} s")
-    return times[1:]
+SAMPLERS = ("generate", "lean")
+METHODS = ("grpo", "sgpo")
+PHASES = ("time/sample", "time/teacher_targets", "time_update")
 
 
 class _NoBar:
@@ -49,30 +41,121 @@ class _NoBar:
     def set_postfix(self, **_: object) -> None: ...
 
 
+def world_trainers(out: Path) -> dict[tuple[str, str], Any]:
+    from sgpo.demo.run import DemoSettings, _train_config, prepare_world
+    from sgpo.models import load_model, load_tokenizer
+    from sgpo.trainer.trainer import Trainer
+
+    s = DemoSettings()
+    d = prepare_world(out, s)
+    tok = load_tokenizer(d.model_path)
+    trainers = {}
+    for method in METHODS:
+        for sampler in SAMPLERS:
+            cfg = _train_config(method, out / sampler, s, d.model_path, d.data_path)
+            cfg.system.generation_sampler = sampler
+            cfg.run.progress, cfg.run.save_steps = False, 0
+            trainers[method, sampler] = Trainer(cfg, problems=d.problems, model=load_model(d.model_path, "float32"),
+                                                tokenizer=tok)
+    return trainers
+
+
+def smollm2_trainers(out: Path, samplers: tuple[str, ...]) -> dict[tuple[str, str], Any]:
+    from sgpo.data import build_problems
+    from sgpo.demo.problems import make_problems
+    from sgpo.demo.run import DemoSettings, _train_config
+    from sgpo.models import load_model, load_tokenizer, smollm2_path
+    from sgpo.trainer.trainer import Trainer
+
+    s = DemoSettings.for_model("smollm2")
+    s.prompts_per_step, s.samples_per_problem, s.group_guided, s.max_new_tokens = 4, 8, 4, 64
+    path = str(smollm2_path())
+    tok = load_tokenizer(path)
+    problems = build_problems(make_problems(64, seed=0), "procedural", teacher_response_field="solution")
+    trainers = {}
+    for method in METHODS:
+        for sampler in samplers:
+            cfg = _train_config(method, out / f"smollm2-{sampler}", s, path)
+            cfg.system.generation_sampler = sampler
+            cfg.algorithm.weight_mode, cfg.algorithm.distill_on = "constant", "all"
+            cfg.system.micro_batch_size, cfg.system.generation_batch_size = 8, 32
+            cfg.run.progress, cfg.run.save_steps = False, 0
+            trainers[method, sampler] = Trainer(cfg, problems=problems, model=load_model(path, "float32"),
+                                                tokenizer=tok)
+    return trainers
+
+
+def round_robin(trainers: dict[tuple[str, str], Any], rounds: int) -> dict[tuple[str, str], dict[str, float]]:
+    """One step of every trainer per round; medians over rounds 2.. of the step and its phases."""
+    steps: dict[Any, list[float]] = {k: [] for k in trainers}
+    for r in range(rounds + 1):
+        for key, trainer in trainers.items():
+            t0 = time.perf_counter()
+            trainer.train_step(_NoBar())
+            if r:
+                steps[key].append(time.perf_counter() - t0)
+        print(f"round {r}/{rounds}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    out = {}
+    for key, trainer in trainers.items():
+        h = trainer.history[1:]
+        row = {"step": statistics.median(steps[key])}
+        row.update({p: statistics.median(x.get(p, 0.0) for x in h) for p in PHASES})
+        out[key] = row
+    return out
+
+
+def table(name: str, res: dict[tuple[str, str], dict[str, float]]) -> list[str]:
+    samplers = [s for s in SAMPLERS if ("grpo", s) in res]
+    lines = [f"### {name}", "", "| method | sampler | step s | steps/s | sample s | teacher targets s | update s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for method in METHODS:
+        for s in samplers:
+            r = res[method, s]
+            lines.append(f"| {method} | {s} | {r['step']:.3f} | {1 / r['step']:.2f} | {r['time/sample']:.3f} | "
+                         f"{r['time/teacher_targets']:.3f} | {r['time_update']:.3f} |")
+    lines.append("")
+    for s in samplers:
+        lines.append(f"- SGPO/GRPO step time, {s}: **{res['sgpo', s]['step'] / res['grpo', s]['step']:.2f}x**")
+    if len(samplers) == 2:
+        for method in METHODS:
+            g, l = res[method, "generate"], res[method, "lean"]
+            lines.append(f"- {method}: lean vs generate, step **{g['step'] / l['step']:.2f}x** faster "
+                         f"(sampling {g['time/sample'] / l['time/sample']:.2f}x)")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model path (default: a tiny random Llama with SmolLM2's tokenizer)")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=64, help="max new tokens (the random model always uses them all)")
-    ap.add_argument("--samples-per-problem", type=int, default=12, help="trajectories per problem, both methods")
-    ap.add_argument("--group-guided", type=int, default=4, help="of which SGPO samples this many guided")
+    ap.add_argument("--models", default="world,smollm2", help="comma-separated: world, smollm2")
+    ap.add_argument("--rounds", type=int, default=8, help="measured rounds (world); smollm2 runs a quarter of them")
+    ap.add_argument("--smollm2-samplers", default="lean", help="samplers timed on smollm2 (generate,lean for both)")
+    ap.add_argument("--out", default="benchmarks/results/step_time.md")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        model = args.model
-        if model is None:
-            from sgpo.models import tiny_model
+    import torch
 
-            model = str(tiny_model(out / "tiny", hidden_size=256, intermediate_size=512, num_hidden_layers=4))
-        total = args.samples_per_problem
-        sgpo = step_times("sgpo", model, args.steps, args.tokens, total, args.group_guided, out)
-        grpo = step_times("grpo", model, args.steps, args.tokens, total, args.group_guided, out)
-    s, g = statistics.median(sgpo), statistics.median(grpo)
-    print(f"trajectories per problem: SGPO {total - args.group_guided} autonomous + {args.group_guided} guided, "
-          f"GRPO {total} autonomous")
-    print(f"SGPO step: median {s:.2f} s  ({', '.join(f'{x:.2f}' for x in sgpo)})")
-    print(f"GRPO step: median {g:.2f} s  ({', '.join(f'{x:.2f}' for x in grpo)})")
-    print(f"ratio SGPO/GRPO: {s / g:.2f}x (target <= 1.3x)")
+    models = [m for m in args.models.split(",") if m]
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0]}
+    text = ["# Training-step time, side by side", "",
+            f"`python benchmarks/step_time.py --models {args.models} --rounds {args.rounds}` on {os.cpu_count()} "
+            f"CPU cores, torch threads {torch.get_num_threads()}, load average at the start "
+            f"{os.getloadavg()[0]:.1f} (a shared machine: the ratios are measured side by side, round-robin; "
+            "absolute seconds are not comparable between runs). Medians over rounds, the first dropped.", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            if model == "world":
+                res = round_robin(world_trainers(Path(tmp) / "world"), args.rounds)
+                text += table("Strategy world (the demo's settings)", res)
+            elif model == "smollm2":
+                samplers = tuple(s for s in args.smollm2_samplers.split(",") if s)
+                res = round_robin(smollm2_trainers(Path(tmp) / "smollm2", samplers), max(2, args.rounds // 4))
+                text += table("SmolLM2-135M-Instruct (4 problems x 8 trajectories x 64 tokens, SGPO distils "
+                              "every guided trajectory)", res)
+            else:
+                raise SystemExit(f"unknown model {model!r} (world, smollm2)")
+            results[model] = {f"{m}/{s}": v for (m, s), v in res.items()}
+    results["load_average_end"] = os.getloadavg()[0]
+    text.append(f"Load average at the end: {results['load_average_end']:.1f}.")
+    write_results(args.out, "\n".join(text) + "\n", results)
 
 
 if __name__ == "__main__":
