@@ -4,6 +4,8 @@ module). A bad row stops the run with the file, row and field."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -28,9 +30,30 @@ class ProblemSet:
     problems: list[Problem]
     source: str
     without_strategy: int  # problems that train with the RL term only
+    strategy_source: str = ""  # where the strategies came from (a strategies file, or source's column)
+    leaked: list[str] = field(default_factory=list)  # ids whose strategy gave the answer away (dropped)
 
     def __len__(self) -> int:
         return len(self.problems)
+
+    def fingerprints(self, with_strategies: bool) -> dict[str, dict[str, Any]]:
+        """Content fingerprints of what a run trains on: the rows it draws from (id, problem,
+        answer, strong-model response) and, with ``with_strategies``, every problem's strategy.
+        Hashes of the parsed rows, so they are cheap (the rows are in memory) and a
+        reformatted file with the same content is the same data."""
+        def digest(items: Iterable[Any]) -> str:
+            h = hashlib.sha256()
+            for item in items:
+                h.update(json.dumps(item, ensure_ascii=False).encode("utf-8") + b"\n")
+            return h.hexdigest()
+
+        out = {"problems": {"source": self.source, "rows": len(self.problems),
+                            "sha256": digest((p.id, p.problem, p.answer, p.teacher_response) for p in self.problems)}}
+        if with_strategies:
+            out["strategies"] = {"source": self.strategy_source or self.source,
+                                 "rows": len(self.problems) - self.without_strategy,
+                                 "sha256": digest((p.id, p.strategy) for p in self.problems)}
+        return out
 
 
 def _text(rec: dict, field: str, source: str, row: int, required: bool) -> str | None:
@@ -91,6 +114,7 @@ def load_problems(path: str, *, split: str = "train", max_problems: int = 0, str
     if max_problems:
         records = records[:max_problems]
     problems = build_problems(records, str(path), strategies=strategies, **fields)  # type: ignore[arg-type]
+    problems.strategy_source = strategies_path or f"{path} (field '{fields.get('strategy_field', 'strategy')}')"
     if min_strategy_coverage > 0:
         check_strategy_coverage(problems, min_strategy_coverage, strategies_path, strategy_file_ids)
     return problems

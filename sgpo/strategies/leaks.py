@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from sgpo.data import ProblemSet
 
 Equivalence = Callable[[str, str], bool]
 
@@ -222,3 +225,41 @@ def leak_reasons(strategy_text: str, gold: str, *, symbolic: bool = True,
         if spans:
             return [f"symbolic leak: '{spans[0]}' equals the gold answer '{gold}'"]
     return []
+
+
+def drop_leaking_strategies(problems: "ProblemSet", max_share: float, setting: str = "data.max_leak_share",
+                            warn: bool = True) -> list[str]:
+    """The leak filters of extraction (:func:`leak_reasons`), applied at train time to every
+    strategy a strategy-guided method would use, whatever its source (a strategies file, a
+    strategy column, problems built in memory): a leaking strategy is dropped (its problem
+    trains with the RL term only) and counted in ``problems.leaked``, with a warning naming a
+    few ids. Above ``max_share`` of the strategies the run stops with a :class:`DataError`
+    (before any model loads). Returns the dropped ids."""
+    import sys
+
+    from sgpo.io import DataError
+
+    with_strategy = [p for p in problems.problems if p.strategy]
+    leaked: list[tuple[str, str]] = []
+    for p in with_strategy:
+        reasons = leak_reasons(p.strategy or "", p.answer)
+        if reasons:
+            leaked.append((p.id, reasons[0]))
+    if not leaked:
+        return []
+    n, m = len(leaked), len(with_strategy)
+    shown = "; ".join(f"'{pid}' ({reason})" for pid, reason in leaked[:3]) + (" ..." if n > 3 else "")
+    where = problems.strategy_source or problems.source
+    if n > max_share * m:
+        raise DataError(where, f"{n} of {m} strategies ({n / m:.0%}) give the gold answer away, more than "
+                        f"{setting}={max_share:g}: {shown}. Distilling them teaches the answer; re-extract them "
+                        f"(`sgpo extract` marks such strategies 'leaked') or raise {setting}")
+    for p in problems.problems:
+        if p.id in {pid for pid, _ in leaked}:
+            p.strategy = None
+    problems.without_strategy += n
+    problems.leaked = [pid for pid, _ in leaked]
+    if warn:
+        print(f"sgpo: warning: {n} of {m} strategies from {where} give the gold answer away and were dropped "
+              f"(those problems train with the RL term only): {shown}", file=sys.stderr)
+    return problems.leaked

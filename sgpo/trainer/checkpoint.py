@@ -29,12 +29,14 @@ from sgpo.trainer.trackers import cut_tensorboard_events
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+DATA_FILE = "run-data.json"  # fingerprints of the problems and strategies the run trains on, leak counts
 FINAL_DIR = "final"
 
 # Settings that do not decide what the run computes: run bookkeeping, the length of the run
 # (extending max_steps continues the same run) and system knobs (speed and memory only).
 NOT_IDENTITY = frozenset({
-    "run", "system", "model.gradient_checkpointing", "data.min_strategy_coverage", "training.max_steps",
+    "run", "system", "model.gradient_checkpointing", "data.min_strategy_coverage", "data.max_leak_share",
+    "training.max_steps",
     "training.max_nonfinite_in_a_row", "reward.max_failure_share", "reward.threads",
 })
 
@@ -176,8 +178,33 @@ class RunFolder:
         for folder in (self.path / FINAL_DIR, self.tracker_dir):
             if folder.is_dir():
                 shutil.rmtree(folder)
-        for name in (METRICS_FILE, CONFIG_FILE):
+        for name in (METRICS_FILE, CONFIG_FILE, DATA_FILE):
             (self.path / name).unlink(missing_ok=True)
+
+    def check_data(self, record: dict[str, Any], *, allow_change: bool, is_main_process: bool) -> None:
+        """Refuse to resume a run on other data: ``record`` (the data's fingerprints,
+        :meth:`sgpo.data.ProblemSet.fingerprints`, plus leak counts) is compared with the one
+        the run started with; a changed fingerprint stops the run naming the file, unless
+        ``allow_change``. The main process then records ``record`` in run-data.json."""
+        stored = None
+        if self.holds_a_run():
+            try:
+                stored = json.loads((self.path / DATA_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                stored = None  # a run from before run-data.json, or a fresh folder
+        for key, new in record.items():
+            old = stored.get(key) if isinstance(stored, dict) else None
+            if not (isinstance(old, dict) and isinstance(new, dict) and "sha256" in new) or old.get("sha256") == new["sha256"]:
+                continue
+            what = (f"{new['source']}: the {key} changed since the run in {self.path} started ({old.get('rows')} rows "
+                    f"then, {new['rows']} now, content hash {str(old.get('sha256'))[:12]} -> {new['sha256'][:12]})")
+            if not allow_change:
+                raise RunFolderError(f"{what}; resuming would train one run on two data sets. Choose another "
+                                     "--output-dir, or pass --set run.allow_data_change=true to continue on the new data")
+            if is_main_process:
+                print(f"sgpo: warning: {what}; continuing on the new data (run.allow_data_change=true)")
+        if is_main_process:
+            write_json_atomic(self.path / DATA_FILE, record)
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_json_atomic(self.path / CONFIG_FILE, config)

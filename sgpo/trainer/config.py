@@ -46,6 +46,9 @@ class DataConfig:
     # strategy-guided methods (sgpo, imitation, guided_rl): share of problems whose id must be in
     # strategies_path (or that must have a strategy_field); below it the run stops, above it a warning
     min_strategy_coverage: float = 0.5
+    # strategy-guided methods: strategies that give the gold answer away (extraction's leak
+    # filters) are dropped with a warning; above this share of them the run stops before the model loads
+    max_leak_share: float = 0.1
     max_problems: int = 0  # use the first N problems; 0 = all
     system_prompt: str = ""  # optional system turn (evaluate with the same one)
     instruction: str = BOXED_INSTRUCTION  # appended to every problem
@@ -121,6 +124,8 @@ class RunConfig:
     save_total_limit: int = 2  # checkpoints kept, newest first; 0 = keep all
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
     overwrite: bool = False  # delete a run already in output_dir (else a mismatched or fresh start is refused)
+    # resume although the problems or strategies changed since the run started (run-data.json); else refused
+    allow_data_change: bool = False
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, ...
     save_final_model: bool = True  # write the trained model to output_dir/final
     progress: bool = True  # show a progress bar
@@ -185,6 +190,8 @@ class TrainConfig:
             raise ValueError("algorithm.ppo_epochs and algorithm.mini_batches must be >= 1")
         if self.run.save_total_limit < 0:
             raise ValueError(f"run.save_total_limit = {self.run.save_total_limit}: must be >= 0 (0 keeps every checkpoint)")
+        if not 0 <= self.data.max_leak_share <= 1:
+            raise ValueError(f"data.max_leak_share = {self.data.max_leak_share}: must be in [0, 1]")
         if not 0 <= self.data.min_strategy_coverage <= 1:
             raise ValueError(f"data.min_strategy_coverage = {self.data.min_strategy_coverage}: must be in [0, 1]")
         if not self.data.path:

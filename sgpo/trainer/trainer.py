@@ -97,6 +97,7 @@ class Trainer:
             check_model_source(cfg.model.name_or_path, "model.name_or_path")
         set_seed(cfg.training.seed)
         self.problems = problems if problems is not None else load_training_problems(cfg)
+        self._check_data()  # before the model loads
         self.reward_functions = RewardFunctions(cfg.reward)  # imported before the model loads: errors come early
         self.tokenizer, lm = self._load_model(model, tokenizer)
         # an in-memory model (single process, not partitioned) is copied; otherwise the path is reloaded
@@ -123,6 +124,18 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+
+    def _check_data(self) -> None:
+        """Strategy-guided methods drop strategies that give the answer away (and stop above
+        data.max_leak_share); a resumed run must train on the data it started with (run-data.json)."""
+        from sgpo.strategies.leaks import drop_leaking_strategies
+
+        guided, main = method_spec(self.cfg.algorithm.method).samples_guided, self.accelerator.is_main_process
+        if guided:
+            drop_leaking_strategies(self.problems, self.cfg.data.max_leak_share, warn=main)
+        record = {**self.problems.fingerprints(with_strategies=guided), "leaked_strategies": len(self.problems.leaked),
+                  "leaked_ids": self.problems.leaked[:100]}
+        self.run_folder.check_data(record, allow_change=self.cfg.run.allow_data_change, is_main_process=main)
 
     def _load_model(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         from sgpo.compat import disable_dropout_in_model
