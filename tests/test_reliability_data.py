@@ -98,3 +98,20 @@ def test_above_the_leak_share_the_run_stops_before_the_model_loads(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "2 of 4 strategies (50%) give the gold answer away" in err
     assert "data.max_leak_share=0.1" in err and "'p1'" in err
+
+
+def test_strategies_extraction_judged_against_the_same_gold_skip_only_the_costly_filter():
+    from sgpo.data import Problem, ProblemSet
+    from sgpo.strategies.leaks import drop_leaking_strategies
+
+    def problems():
+        return ProblemSet([Problem("a", "What is 10 / 2?", "5", "Halve: $\\frac{10}{2}$."),  # symbolic leak only
+                           Problem("b", "What is 3 + 3?", "6", "The answer is 6.")]  # string leak
+                          + [Problem(f"c{i}", "x?", "7", "Count carefully.") for i in range(18)], "mem", 0)
+
+    ps = problems()
+    assert drop_leaking_strategies(ps, 0.5, warn=False) == ["a", "b"]
+    ps = problems()  # extraction judged 'a' and 'b' against these golds: 'b' is still caught by the string filter
+    assert drop_leaking_strategies(ps, 0.5, warn=False, checked={"a": "5", "b": "6"}) == ["b"]
+    ps = problems()  # judged against another gold: both filters again
+    assert drop_leaking_strategies(ps, 0.5, warn=False, checked={"a": "4"}) == ["a", "b"]

@@ -228,13 +228,17 @@ def leak_reasons(strategy_text: str, gold: str, *, symbolic: bool = True,
 
 
 def drop_leaking_strategies(problems: "ProblemSet", max_share: float, setting: str = "data.max_leak_share",
-                            warn: bool = True) -> list[str]:
+                            warn: bool = True, checked: dict[str, str] | None = None) -> list[str]:
     """The leak filters of extraction (:func:`leak_reasons`), applied at train time to every
     strategy a strategy-guided method would use, whatever its source (a strategies file, a
     strategy column, problems built in memory): a leaking strategy is dropped (its problem
     trains with the RL term only) and counted in ``problems.leaked``, with a warning naming a
     few ids. Above ``max_share`` of the strategies the run stops with a :class:`DataError`
-    (before any model loads). Returns the dropped ids."""
+    (before any model loads). Returns the dropped ids.
+
+    ``checked`` (id -> gold answer) names strategies that `sgpo extract` already passed
+    through both filters against that very gold: they get the cheap string filter only (the
+    symbolic one costs up to a few hundred ms per strategy with LaTeX spans)."""
     import sys
 
     from sgpo.io import DataError
@@ -242,7 +246,7 @@ def drop_leaking_strategies(problems: "ProblemSet", max_share: float, setting: s
     with_strategy = [p for p in problems.problems if p.strategy]
     leaked: list[tuple[str, str]] = []
     for p in with_strategy:
-        reasons = leak_reasons(p.strategy or "", p.answer)
+        reasons = leak_reasons(p.strategy or "", p.answer, symbolic=(checked or {}).get(p.id) != p.answer)
         if reasons:
             leaked.append((p.id, reasons[0]))
     if not leaked:

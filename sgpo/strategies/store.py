@@ -66,3 +66,10 @@ def load_strategies(path: str | os.PathLike) -> dict[str, str]:
                             field="strategy_text")
         out[str(rec["id"])] = text
     return out
+
+
+def extraction_golds(path: str | os.PathLike) -> dict[str, str]:
+    """id -> the gold answer an ``ok`` record's strategy was judged against by `sgpo extract`
+    (its leak filters ran against that answer)."""
+    by_id = latest_records(path, key=lambda r: str(r.get("id")))
+    return {i: str(r["answer"]) for i, r in by_id.items() if r.get("status") == "ok" and r.get("answer") is not None}

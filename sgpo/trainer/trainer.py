@@ -129,10 +129,13 @@ class Trainer:
         """Strategy-guided methods drop strategies that give the answer away (and stop above
         data.max_leak_share); a resumed run must train on the data it started with (run-data.json)."""
         from sgpo.strategies.leaks import drop_leaking_strategies
+        from sgpo.strategies.store import extraction_golds
 
         guided, main = method_spec(self.cfg.algorithm.method).samples_guided, self.accelerator.is_main_process
         if guided:
-            drop_leaking_strategies(self.problems, self.cfg.data.max_leak_share, warn=main)
+            path = self.cfg.data.strategies_path
+            drop_leaking_strategies(self.problems, self.cfg.data.max_leak_share, warn=main,
+                                    checked=extraction_golds(path) if path else None)
         record = {**self.problems.fingerprints(with_strategies=guided), "leaked_strategies": len(self.problems.leaked),
                   "leaked_ids": self.problems.leaked[:100]}
         self.run_folder.check_data(record, allow_change=self.cfg.run.allow_data_change, is_main_process=main)
