@@ -50,6 +50,7 @@ def _step(tmp_path, model_dir, *sets, name):
     return batch, metrics, record
 
 
+@pytest.mark.slow
 def test_rollout_correction_weights_the_rl_term(tmp_path, tiny_model_dir) -> None:
     """token_truncate: every RL token's rho is exp(0.05) (below the cap), so the RL term is
     exp(0.05) times the uncorrected one; sequence_mask with cap 1.2: a sequence of T tokens has

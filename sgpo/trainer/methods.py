@@ -345,7 +345,7 @@ def attach_rollout_correction(ctx: StepContext, seqs: list[TrainSequence],
 # -- statistics for logging ------------------------------------------------------------------
 def step_stats(spec: MethodSpec, r: StepRollouts, rewards: Rewards, w: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-problem and per-trajectory tensors behind the rollout metrics (docs/metrics.md)."""
-    samples = _samples(spec, r)
+    samples = {**_samples(spec, r), "perf/tokens": _trajectory_tokens(r)}
     if not spec.samples:
         return {"len/teacher": torch.tensor([float(len(x)) for x in r.reference]), **samples}
     auto = r.auto.completions
@@ -374,6 +374,16 @@ def _samples(spec: MethodSpec, r: StepRollouts) -> dict[str, torch.Tensor]:
     if spec.reference_in_group:
         out["samples/reference"] = torch.tensor([float(bool(ref)) for ref in r.reference or []])
     return out
+
+
+def _trajectory_tokens(r: StepRollouts) -> torch.Tensor:  # [trajectories]
+    """Prompt + completion tokens of every trajectory of the step: the sampled ones (autonomous
+    and guided) and the strong-model traces. Summed over processes: verl's ``total_num_tokens``."""
+    sets = [r.auto] + ([r.guided] if r.guided is not None else [])
+    counts = [len(p) + len(c.token_ids) for rs in sets for p, group in zip(rs.prompt_ids, rs.completions)
+              for c in group]
+    counts += [len(p) + len(ref) for p, ref in zip(r.auto.prompt_ids, r.reference or [])]
+    return torch.tensor(counts, dtype=torch.float32)
 
 
 def reward_function_stats(graded: Graded) -> dict[str, torch.Tensor]:

@@ -52,6 +52,8 @@ class StepMetrics:
             elif key.startswith("reward/failed/"):  # 0/1 per call of one reward function
                 rec[f"reward/failure_share/{key[len('reward/failed/'):]}"] = float(v.mean()) if v.numel() else 0.0
                 rec["reward/failures"] = rec.get("reward/failures", 0.0) + float(v.sum())
+            elif key == "perf/tokens":  # per trajectory: the step's total, exact in float64
+                rec["perf/total_tokens"] = float(v.double().sum())
             elif key in ROLLOUT_NAMES:  # per-token values of the rollout correction
                 rec[ROLLOUT_NAMES[key]] = float(v.mean()) if v.numel() else float("nan")
             elif key == "weight_guided":
@@ -60,7 +62,19 @@ class StepMetrics:
                 rec[f"{key}_mean"] = float(v.mean()) if v.numel() else float("nan")
         rec.update(_loss_metrics(acc, micro, updates))
         rec.update({k: float(v) for k, v in scalars.items()})
+        rec.update(throughput(rec.get("perf/total_tokens"), rec.get("time_rollout", 0.0) + rec.get("time_update", 0.0),
+                              acc.num_processes))
         return rec
+
+
+def throughput(total_tokens: float | None, step_seconds: float, devices: int) -> dict[str, float]:
+    """``perf/tokens_per_s``: the step's tokens (every trajectory's prompt + completion, all
+    processes) over its wall time (rollout + update); ``perf/throughput``: that per device, as
+    verl defines it (total tokens / step time / GPUs)."""
+    if total_tokens is None or step_seconds <= 0:
+        return {}
+    per_s = total_tokens / step_seconds
+    return {"perf/tokens_per_s": per_s, "perf/throughput": per_s / devices}
 
 
 def _loss_metrics(acc: Any, micro: list[dict[str, torch.Tensor]], updates: int) -> dict[str, float]:
