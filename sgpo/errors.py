@@ -22,4 +22,17 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum
 
 
-__all__ = ["UserError", "Interrupted"]
+_NOTED: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """Say once per process (on stderr) that sgpo chose something on the user's behalf: a
+    dtype, a prompt format, a pad token. Nothing is chosen silently."""
+    if message not in _NOTED:
+        import sys
+
+        _NOTED.add(message)
+        print(f"sgpo: note: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["UserError", "Interrupted", "note_once"]

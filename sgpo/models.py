@@ -125,6 +125,9 @@ def load_tokenizer(name_or_path: str) -> Any:
 
     tok = _loading(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(resolve_model_path(name_or_path)))
     if tok.pad_token is None:
+        from sgpo.errors import note_once
+
+        note_once(f"{name_or_path}: the tokenizer has no pad token; padding with its end-of-sequence token")
         tok.pad_token = tok.eos_token
     return tok
 
@@ -135,7 +138,12 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None
 
     torch_dtype: Any
     if dtype == "auto":
+        from sgpo.errors import note_once
+
         torch_dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        note_once(f"dtype auto: loading models in {str(torch_dtype).removeprefix('torch.')} "
+                  f"({'a bf16-capable GPU' if torch_dtype == torch.bfloat16 else 'no bf16-capable GPU'}); "
+                  "set the dtype to choose")
     elif dtype in DTYPES:
         torch_dtype = getattr(torch, dtype)
     else:

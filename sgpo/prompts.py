@@ -40,12 +40,32 @@ def messages(problem: str, strategy: str | None = None, system: str | None = Non
     return msgs
 
 
-def render(tokenizer: Any, msgs: list[dict[str, str]]) -> str:
-    """Apply the tokenizer's chat template (generation prompt appended); plain text fallback
-    for tokenizers without one (tiny random test models)."""
-    if getattr(tokenizer, "chat_template", None):
+PROMPT_FORMATS = ("chat", "plain")  # the tokenizer's chat template | "role: text" lines
+
+
+def render(tokenizer: Any, msgs: list[dict[str, str]], prompt_format: str = "chat") -> str:
+    """Apply the tokenizer's chat template (generation prompt appended), or with
+    ``prompt_format="plain"`` write the turns as ``role: text`` lines. A chat prompt for a
+    tokenizer without a template falls back to the plain lines and says so once (training
+    and evaluation refuse such a model up front: :func:`check_prompt_format`)."""
+    if prompt_format == "chat" and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    if prompt_format == "chat":
+        from sgpo.errors import note_once
+
+        note_once("the tokenizer has no chat template: prompts are written as plain 'role: text' lines")
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
+
+
+def check_prompt_format(tokenizer: Any, style: "PromptStyle", model: str, setting: str) -> None:
+    """A chat prompt needs the model's chat template: a model folder copied without it would
+    otherwise train or be evaluated on a prompt it has never seen, without a word."""
+    if style.format == "chat" and not getattr(tokenizer, "chat_template", None):
+        from sgpo.errors import UserError
+
+        raise UserError(f"{model}: the tokenizer has no chat template (was chat_template.jinja or "
+                        "tokenizer_config.json's chat_template lost in a copy?); restore it, or set "
+                        f"{setting} plain to write prompts as plain 'role: text' lines")
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,7 @@ class PromptStyle:
     system: str | None = None
     instruction: str = BOXED_INSTRUCTION
     examples: tuple[tuple[str, str], ...] = ()  # few-shot (problem, response) exchanges
+    format: str = "chat"  # chat (the tokenizer's template) | plain ("role: text" lines)
 
     @classmethod
     def from_data_config(cls, data: dict[str, Any]) -> "PromptStyle":
@@ -71,11 +92,14 @@ class PromptStyle:
                 raise ValueError(f"data.fewshot[{i}] must be a mapping with text fields 'problem' and 'response', "
                                  f"got {ex!r}")
         instruction = data.get("instruction")
+        prompt_format = data.get("prompt_format") or "chat"
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"data.prompt_format = {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
         return cls(data.get("system_prompt") or None, BOXED_INSTRUCTION if instruction is None else instruction,
-                   tuple((ex["problem"], ex["response"]) for ex in examples))
+                   tuple((ex["problem"], ex["response"]) for ex in examples), prompt_format)
 
     def messages(self, problem: str, strategy: str | None = None) -> list[dict[str, str]]:
         return messages(problem, strategy, system=self.system, instruction=self.instruction, examples=self.examples)
 
     def render(self, tokenizer: Any, problem: str, strategy: str | None = None) -> str:
-        return render(tokenizer, self.messages(problem, strategy))
+        return render(tokenizer, self.messages(problem, strategy), self.format)

@@ -78,6 +78,10 @@ def register(sub: Any) -> None:
                         "else the built-in math grader sgpo.rewards.functions:math_reward)")
     p.add_argument("--reward-weights", nargs="+", type=float, metavar="W", help="one weight per reward function "
                                                                               "(default 1.0 each)")
+    p.add_argument("--prompt-format", choices=("chat", "plain"),
+                   help="chat: the model's chat template (a model without one is an error); plain: 'role: text' "
+                        "lines, for models without a template (default: the --train-config's data.prompt_format, "
+                        "else chat)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
@@ -103,6 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
                      backend=args.backend, batch_size=args.batch_size, limit=args.limit,
                      problem_field=args.problem_field, answer_field=args.answer_field, id_field=args.id_field,
                      dtype=args.dtype, show_progress=not args.no_progress, train_config=args.train_config,
+                     prompt_format=args.prompt_format or "",
                      reward_functions=tuple(args.reward_functions or ()),
                      reward_weights=tuple(args.reward_weights or ()))
     try:

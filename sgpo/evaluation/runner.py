@@ -20,7 +20,7 @@ from sgpo.evaluation.metrics import macro_average, per_problem_accuracy, summari
 from sgpo.generation import Completion, Generator, SamplingConfig, make_generator
 from sgpo.io import (DataError, append_jsonl, read_jsonl_tolerant, repair_jsonl_tail, write_json_atomic,
                      write_text_atomic)
-from sgpo.prompts import PromptStyle
+from sgpo.prompts import PROMPT_FORMATS, PromptStyle, check_prompt_format
 from sgpo.rewards.functions import RewardConfig, RewardFunctions, check_failure_share, failure_shares
 
 RECORDS_DIR = "records"  # per-benchmark per-problem records: records/NAME.jsonl
@@ -223,6 +223,7 @@ class EvalConfig:
     grader_timeout_s: float = 5.0
     show_progress: bool = True
     train_config: str | None = None  # a run's config.json or YAML: evaluate with its prompt format and reward
+    prompt_format: str = ""  # chat | plain; "" = the training config's (data.prompt_format), else chat
     reward_functions: tuple[str, ...] = ()  # module:callable; () = the training config's, else the math grader
     reward_weights: tuple[float, ...] = ()  # one per reward function; () = 1.0 each
 
@@ -257,6 +258,7 @@ class EvalConfig:
              "> 0"),
             ("--dtype", c.dtype, c.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
             ("--backend", c.backend, c.backend in ("hf", "vllm"), "hf or vllm"),
+            ("--prompt-format", c.prompt_format, c.prompt_format in ("", *PROMPT_FORMATS), "chat or plain"),
         ]
         for option, value, ok, rule in checks:
             if not ok:
@@ -320,6 +322,7 @@ def _load_generator(cfg: EvalConfig, batch_size: int, benches: Sequence[Any],
     from sgpo.models import context_length, load_model, load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(cfg.model)
+    check_prompt_format(tokenizer, style, cfg.model, "--prompt-format")
     context = context_length(cfg.model)
     for bench in benches:  # before the weights load
         check_prompt_lengths(((str(p["id"]), str(p["problem"]), p.get("strategy")) for p in bench.problems), style,
@@ -349,6 +352,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     for bench in benches:
         _validate(bench.problems, bench.name)
     style = prompt_style(cfg.train_config)
+    if cfg.prompt_format:
+        style = replace(style, format=cfg.prompt_format)
     reward = reward_config(cfg)
     RewardFunctions(reward)  # a function that cannot be imported stops here, before the model loads
     check_model_source(cfg.model, "--model")

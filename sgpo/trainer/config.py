@@ -54,6 +54,9 @@ class DataConfig:
     instruction: str = BOXED_INSTRUCTION  # appended to every problem
     # few-shot exchanges shown before every problem, unguided: [{problem: ..., response: ...}]
     fewshot: list[dict[str, str]] = field(default_factory=list)
+    # chat (the tokenizer's chat template; a tokenizer without one is an error) | plain ("role:
+    # text" lines, for models without a template)
+    prompt_format: str = "chat"
 
     def style(self) -> PromptStyle:
         """The prompt format of training (``sgpo eval --train-config`` evaluates with it)."""
@@ -198,7 +201,7 @@ class TrainConfig:
             raise ValueError("data.path is required (a JSONL/Parquet file or a dataset)")
         if self.eval.probe_every and not self.eval.probe_file:
             raise ValueError(f"eval.probe_every = {self.eval.probe_every} needs eval.probe_file (the probe problems)")
-        self.data.style()  # checks data.fewshot
+        self.data.style()  # checks data.fewshot and data.prompt_format
         self.reward.validate()
         return self
 

@@ -17,6 +17,7 @@ import torch
 
 from sgpo.data import Problem, ProblemSet, check_prompt_lengths, load_problems
 from sgpo.models import check_model_source
+from sgpo.prompts import check_prompt_format
 from sgpo.rewards.functions import RewardFunctions, check_failure_share
 from sgpo.trainer.checkpoint import RunFolder
 from sgpo.trainer.config import TrainConfig
@@ -148,6 +149,7 @@ class Trainer:
         tokenizer = tokenizer or load_tokenizer(m.name_or_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        check_prompt_format(tokenizer, self.cfg.data.style(), m.name_or_path, "data.prompt_format")
         if model is None:  # before the weights load
             check_prompt_lengths(((p.id, p.problem, p.strategy) for p in self.problems.problems), self.cfg.data.style(),
                                  tokenizer, context_length(m.name_or_path), self.problems.source)

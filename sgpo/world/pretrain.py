@@ -56,7 +56,7 @@ class WorldConfig:
         splits, :meth:`WorldSpec.pretrain_fingerprint`), the prompt format the model is trained
         with, the version. Worlds that differ only in their keyword -> procedure map share a model."""
         blob = json.dumps({"tasks": self.tasks.pretrain_fingerprint(), "pretrain": asdict(self.pretrain),
-                           "prompt": PromptStyle().render(_PlainTemplate(), "{p}", "{s}"),
+                           "prompt": PromptStyle(format="plain").render(_PlainTemplate(), "{p}", "{s}"),
                            "version": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
