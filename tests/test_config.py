@@ -15,7 +15,8 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_there_are_shipped_configs():
-    assert {p.name for p in CONFIGS} >= {"cpu-tiny.yaml", "qwen2.5-7b-instruct.yaml", "llama-3.1-8b-instruct.yaml"}
+    assert {p.name for p in CONFIGS} >= {"cpu-tiny.yaml", "qwen2.5-7b-instruct.yaml", "llama-3.1-8b-instruct.yaml",
+                                           "qwen2.5-7b-instruct-lora.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

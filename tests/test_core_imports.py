@@ -39,7 +39,7 @@ LAYERS = [
     {"sgpo.core", "sgpo.errors"},
     {"sgpo.locks"},
     {"sgpo.cache"},
-    {"sgpo.io", "sgpo.schema", "sgpo.prompts", "sgpo.compat", "sgpo.models"},
+    {"sgpo.io", "sgpo.schema", "sgpo.prompts", "sgpo.compat", "sgpo.models", "sgpo.lora"},
     {"sgpo.rewards", "sgpo.data", "sgpo.generation", "sgpo.world"},
     {"sgpo.strategies", "sgpo.evaluation"},
     {"sgpo.trainer"},

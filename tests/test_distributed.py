@@ -220,3 +220,51 @@ def test_teacher_initial_under_zero3(tiny_model_dir, tmp_path):
          _deepspeed_env())
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(x["distill/tokens"] > 0 and x["skipped"] == 0 for x in lines)
+
+
+def _adapter(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "final" / "adapter_model.safetensors")
+
+
+LORA_SETS = ["--set", "model.lora.rank=4", "--set", "model.lora.alpha=8.0"]
+
+
+@pytest.mark.slow
+def test_cli_train_lora_under_ddp_and_fsdp_matches_one_process(tiny_model_dir, tmp_path):
+    """LoRA (model.lora) through `accelerate launch`: two processes under DDP and under FSDP2
+    with micro-batches of one train the adapter exactly as one process with the whole update
+    in one micro-batch (same schedule, same Adam steps, adapters 1e-12 apart in float64)."""
+    data = _sft_data(tmp_path / "sft.jsonl")
+    fsdp = str(REPO / "configs" / "accelerate" / "fsdp.yaml")
+    runs = {"one": (1, 4, ""), "two_micro": (2, 1, ""), "fsdp_micro": (2, 1, fsdp)}
+    for name, (procs, mbs, config_file) in runs.items():
+        args = _train_args(tiny_model_dir, data, tmp_path / name, mbs) + LORA_SETS
+        res = _run(_launch(procs, *args, config_file=config_file), _env())
+        assert "3 steps logged" in res.stdout, res.stdout[-2000:]
+    ref = _adapter(tmp_path / "one")
+    assert ref and all(".lora_" in k for k in ref)
+    assert any(torch.count_nonzero(v) for k, v in ref.items() if "lora_B" in k)  # the adapter trained
+    lines = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in runs}
+    for name in ("two_micro", "fsdp_micro"):
+        assert [x["lr"] for x in lines[name]] == [x["lr"] for x in lines["one"]], name
+        other = _adapter(tmp_path / name)
+        assert other.keys() == ref.keys(), name
+        for k, v in ref.items():
+            torch.testing.assert_close(other[k], v, rtol=0, atol=1e-12, msg=f"{name}: {k}")
+
+
+@pytest.mark.slow
+def test_cli_train_lora_under_zero3_matches_one_process(tiny_model_dir, tmp_path):
+    """LoRA under DeepSpeed ZeRO-3 (one CPU process, four micro-batches per update) trains the
+    adapter as one plain process does (float32: measured within 1e-6)."""
+    pytest.importorskip("deepspeed")
+    data = _sft_data(tmp_path / "sft.jsonl")
+    _run(_launch(1, *_train_args(tiny_model_dir, data, tmp_path / "one", 4, dtype="float32"), *LORA_SETS), _env())
+    _run(_zero3(*_train_args(tiny_model_dir, data, tmp_path / "zero3", 1, dtype="float32"), *LORA_SETS),
+         _deepspeed_env())
+    ref, z3 = _adapter(tmp_path / "one"), _adapter(tmp_path / "zero3")
+    assert z3.keys() == ref.keys() and ref
+    for k, v in ref.items():
+        torch.testing.assert_close(z3[k], v, rtol=0, atol=1e-6, msg=k)

@@ -330,6 +330,14 @@ def _load_generator(cfg: EvalConfig, batch_size: int, benches: Sequence[Any],
     if cfg.backend == "hf":
         model = load_model(cfg.model, dtype=cfg.dtype)
         return model, tokenizer, make_generator("hf", model, tokenizer, batch_size=batch_size)
+    from sgpo.lora import MERGED_DIR
+    from sgpo.models import adapter_base
+
+    if adapter_base(cfg.model) is not None:
+        from sgpo.errors import UserError
+
+        raise UserError(f"--model {cfg.model} is a LoRA adapter folder; --backend {cfg.backend} needs merged weights: "
+                        f"train with model.lora.save_merged=true and evaluate {MERGED_DIR}/ in it, or use --backend hf")
     path = resolve_model_path(cfg.model)
     return path, tokenizer, make_generator(cfg.backend, path, tokenizer)
 

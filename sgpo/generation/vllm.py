@@ -113,12 +113,16 @@ class VLLMGenerator:
                                f"(the sampled distribution's log-probs, which the rollout correction compares with the "
                                f"trainer's); restart it as: {server_command_line(name, host, port)}")
 
-    def sync_weights(self, model: Any) -> None:  # pragma: no cover - GPU only
+    def sync_weights(self, model: Any) -> None:
         """Load the policy's current parameters into the engine (call before each rollout;
-        under ZeRO-3 call it while the parameters are gathered)."""
+        under ZeRO-3 call it while the parameters are gathered); a LoRA policy's weights go
+        merged (:func:`sgpo.lora.export_weights`), under the base model's names."""
+        from sgpo.lora import export_weights  # a LoRA policy sends its weights with the adapter merged in
+
         if self.server:
-            if self.is_main:
-                self.client.update_model_params(model)
+            if self.is_main:  # names, dtypes and shapes first (the base's), then the tensors, streamed
+                meta = [(n, str(w.dtype).removeprefix("torch."), list(w.shape)) for n, w in export_weights(model, False)]
+                self.client.update_named_params(meta, export_weights(model))
                 self.client.reset_prefix_cache()
             return
         if self.sleep_mode:  # map the engine's weight memory again before writing into it
@@ -128,7 +132,7 @@ class VLLMGenerator:
             self.llm.wake_up(tags=["weights"])
             self.weights_asleep = False
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        engine_model.load_weights((name, p.data) for name, p in model.named_parameters())
+        engine_model.load_weights(export_weights(model))
         self.llm.reset_prefix_cache()
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,

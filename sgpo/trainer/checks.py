@@ -57,20 +57,28 @@ def check_values(cfg: Any) -> None:
     """Raise ValueError naming the first field of ``cfg`` (a TrainConfig) with a wrong type,
     a non-finite number, or a value out of range."""
     for section in dataclasses.fields(cfg):
-        values = getattr(cfg, section.name)
-        defaults = type(values)()
-        for f in dataclasses.fields(values):
-            key, value, default = f"{section.name}.{f.name}", getattr(values, f.name), getattr(defaults, f.name)
-            if default is not None:
-                error = _type_error(key, value, type(default))
-                if error:
-                    raise ValueError(error)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{key} = {value}: must be a finite number")
-            if key in RANGES:
-                low, open_low, high = RANGES[key]
-                if value < low or (open_low and value == low) or (high is not None and value > high):
-                    bound = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-                    raise ValueError(f"{key} = {value}: must be {bound}")
+        _check_section(section.name, getattr(cfg, section.name))
     if cfg.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype = '{cfg.model.dtype}' is not one of {', '.join(DTYPES)}")
+
+
+def _check_section(prefix: str, values: Any) -> None:
+    defaults = type(values)()
+    for f in dataclasses.fields(values):
+        key, value, default = f"{prefix}.{f.name}", getattr(values, f.name), getattr(defaults, f.name)
+        if dataclasses.is_dataclass(default):  # a nested section (model.lora)
+            if not dataclasses.is_dataclass(value):
+                raise ValueError(f"{key} = {value!r}: expected a mapping of its keys")
+            _check_section(key, value)
+            continue
+        if default is not None:
+            error = _type_error(key, value, type(default))
+            if error:
+                raise ValueError(error)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} = {value}: must be a finite number")
+        if key in RANGES:
+            low, open_low, high = RANGES[key]
+            if value < low or (open_low and value == low) or (high is not None and value > high):
+                bound = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+                raise ValueError(f"{key} = {value}: must be {bound}")

@@ -20,6 +20,7 @@ import yaml
 
 from sgpo.core import (ADVANTAGE_SCALES, AGGREGATION_MODES, DIVERGENCES, NORMALIZERS, PROXIMAL_MODES, ROLLOUT_IS_MODES,
                        WEIGHT_MODES, LossSettings)
+from sgpo.lora import LoraConfig
 from sgpo.prompts import BOXED_INSTRUCTION, PromptStyle
 from sgpo.rewards.functions import RewardConfig
 from sgpo.trainer.checks import check_values
@@ -31,6 +32,7 @@ class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"  # local folder, Hub id, or the SmolLM2 alias
     dtype: str = "auto"  # auto (bf16 on a bf16-capable GPU, else float32) | float32 | bfloat16 | float16
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapter (docs: the model.lora.* keys below)
 
 
 @dataclass
@@ -203,6 +205,7 @@ class TrainConfig:
             raise ValueError(f"eval.probe_every = {self.eval.probe_every} needs eval.probe_file (the probe problems)")
         self.data.style()  # checks data.fewshot and data.prompt_format
         self.reward.validate()
+        self.model.lora.validate()
         return self
 
 
@@ -243,12 +246,28 @@ MOVE_NOTES = {"algorithm.group_auto": " (N trajectories per problem for every me
                                       "G_a = N - algorithm.group_guided for the guided methods, N - 1 for luffy)"}
 
 
-def _set(cfg: TrainConfig, section: str, key: str, value: Any, parse: bool) -> None:
-    """Set ``section.key``; unknown names are errors that name the key (and where it moved)."""
+def _set(cfg: Any, section: str, key: str, value: Any, parse: bool) -> None:
+    """Set ``section.key``; unknown names are errors that name the key (and where it moved).
+    A nested section (``model.lora``) takes ``lora.rank=8`` or a mapping of its keys."""
     sections = [f.name for f in dataclasses.fields(cfg)]
     if section not in sections:
         raise ValueError(f"unknown config section '{section}' (expected {', '.join(sections)})")
     target = getattr(cfg, section)
+    head, _, rest = key.partition(".")
+    nested = getattr(target, head, None) if head in {f.name for f in dataclasses.fields(target)} else None
+    if dataclasses.is_dataclass(nested):
+        try:
+            if rest:
+                _set(target, head, rest, value, parse)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    _set(target, head, k, v, parse=False)
+        except ValueError as e:
+            raise ValueError(str(e).replace(f"'{head}.", f"'{section}.{head}.")) from None
+        if not rest and not isinstance(value, dict):
+            raise ValueError(f"config key '{section}.{key}' is a section: give a mapping of its keys "
+                             f"({', '.join(f.name for f in dataclasses.fields(nested))})")
+        return
     if key not in {f.name for f in dataclasses.fields(target)}:
         moved = MOVED.get(f"{section}.{key}")
         hint = f": it moved to '{moved}'{MOVE_NOTES.get(f'{section}.{key}', '')}" if moved else ""
@@ -323,6 +342,19 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _rows(prefix: str, cls: type, defaults: Any) -> list[str]:
+    """Table rows of ``cls``'s keys; a nested section's keys follow it as ``prefix.name.key``."""
+    docs, rows = field_docs(cls), []
+    for sub in dataclasses.fields(cls):
+        default = getattr(defaults, sub.name)
+        if dataclasses.is_dataclass(default):
+            rows += _rows(f"{prefix}.{sub.name}", type(default), default)
+            continue
+        shown = repr(round(default, 6) if isinstance(default, float) else default)
+        rows.append(f"| `{prefix}.{sub.name}` | `{shown}` | {docs.get(sub.name, '').replace('|', chr(92) + '|')} |")
+    return rows
+
+
 def reference_markdown() -> str:
     """docs/config.md: every section and key with its default and documentation, generated from
     the dataclasses (tests/test_config.py checks the file is up to date)."""
@@ -338,9 +370,6 @@ def reference_markdown() -> str:
         lines += ["| key | default | meaning |", "|---|---|---|"]
         docs = field_docs(cls)
         defaults = cls()
-        for sub in dataclasses.fields(cls):
-            default = getattr(defaults, sub.name)
-            shown = repr(round(default, 6) if isinstance(default, float) else default)
-            lines.append(f"| `{f.name}.{sub.name}` | `{shown}` | {docs.get(sub.name, '').replace('|', chr(92) + '|')} |")
+        lines += _rows(f.name, cls, defaults)
         lines.append("")
     return "\n".join(lines)

@@ -8,10 +8,14 @@ from typing import Any
 
 import torch
 
+from sgpo.lora import base_model
+
 
 
 def base_and_head(lm: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The decoder stack (returns hidden states) and the LM head of a causal LM."""
+    """The decoder stack (returns hidden states) and the LM head of a causal LM (under a peft
+    wrapper: of the model whose layers carry the adapter)."""
+    lm = base_model(lm)
     if getattr(lm.config, "final_logit_softcapping", None) or getattr(lm.config, "logit_scale", None):
         raise NotImplementedError("models that rescale logits after the LM head are not supported yet")
     return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()

@@ -21,6 +21,7 @@ strategy has ``has_strategy[b] = False``, no guided samples (a 0-padded row) and
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ import torch
 
 from sgpo.core import LossSettings, group_advantages, instance_weights, rollout_is_weights, update_competence
 from sgpo.data import Problem
+from sgpo.lora import adapter_disabled
 from sgpo.generation import Completion, Generator, SamplingConfig
 from sgpo.prompts import PromptStyle
 from sgpo.rewards.functions import Graded, RewardFunctions
@@ -68,6 +70,7 @@ class StepContext:
     # concatenates a list over all processes in rank order (identity on one process)
     gather: Callable[[list], list] = local_gather
     rewards: RewardFunctions = field(default_factory=RewardFunctions)  # the run's reward functions (reward section)
+    teacher_adapter_off: bool = False  # LoRA with teacher: initial: the teacher is the policy with its adapter off
 
     @property
     def spec(self) -> MethodSpec:
@@ -291,9 +294,10 @@ def attach_teacher_targets(ctx: StepContext, seqs: list[TrainSequence]) -> None:
     todo = [s for s in seqs if s.role == "distill"]
     if not todo:
         return
-    targets = teacher_targets(ctx.teacher, [s.teacher_prompt_ids for s in todo], [s.completion_ids for s in todo],
-                              top_k=ctx.algo.top_k, pad_id=ctx.pad_id, batch_size=ctx.batch_size,
-                              chunk_size=ctx.chunk_size, temperature=ctx.algo.temperature)
+    with adapter_disabled(ctx.teacher) if ctx.teacher_adapter_off else nullcontext():
+        targets = teacher_targets(ctx.teacher, [s.teacher_prompt_ids for s in todo], [s.completion_ids for s in todo],
+                                  top_k=ctx.algo.top_k, pad_id=ctx.pad_id, batch_size=ctx.batch_size,
+                                  chunk_size=ctx.chunk_size, temperature=ctx.algo.temperature)
     for s, t in zip(todo, targets):
         s.support_ids, s.teacher_logp, s.teacher_logp_sampled = t.support_ids, t.teacher_logp, t.teacher_logp_sampled
 

@@ -101,11 +101,19 @@ class Trainer:
         self._check_data()  # before the model loads
         self.reward_functions = RewardFunctions(cfg.reward)  # imported before the model loads: errors come early
         self.tokenizer, lm = self._load_model(model, tokenizer)
-        # an in-memory model (single process, not partitioned) is copied; otherwise the path is reloaded
-        initial = copy.deepcopy(lm) if model is not None and cfg.algorithm.teacher == "initial" else None
+        lora = cfg.model.lora
+        # teacher: initial is a frozen second copy, except under LoRA: the policy with its adapter off.
+        # An in-memory model (single process, not partitioned) is copied; otherwise the path is reloaded
+        second_copy = cfg.algorithm.teacher == "initial" and not lora.enabled
+        initial = copy.deepcopy(lm) if model is not None and second_copy else None
+        if lora.enabled:
+            from sgpo.lora import add_adapter
+
+            lm = add_adapter(lm, lora, base_name=cfg.model.name_or_path)
         self.pad_id = self.tokenizer.pad_token_id
         t = cfg.training
-        optimizer = torch.optim.AdamW(lm.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        trainable = [p for p in lm.parameters() if p.requires_grad]  # the adapter alone under LoRA
+        optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
         from transformers import get_scheduler
 
         scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
@@ -118,7 +126,11 @@ class Trainer:
             PolicyLoss(lm, cfg.loss, temperature=cfg.algorithm.temperature, chunk_size=cfg.system.chunk_size,
                        fixed_length=cfg.loss.aggregation_length or cfg.algorithm.max_new_tokens),
             optimizer, scheduler)
-        self.teacher = self._frozen_initial_policy(initial) if cfg.algorithm.teacher == "initial" else None
+        if lora.enabled:
+            from sgpo.lora import register_adapter_checkpoints
+
+            register_adapter_checkpoints(self.accelerator, self.module)  # single process, DDP: the adapter alone
+        self.teacher = self._frozen_initial_policy(initial) if second_copy else None
         self.generator, self.fixed_generator = generator, generator is not None
         self.probe_rows = _probe_rows(cfg)
         self.step, self.competence, self.skipped, self.nonfinite_run = 0, {}, 0, 0
@@ -215,9 +227,11 @@ class Trainer:
         if acc.num_processes > 1:
             from accelerate.utils import gather_object as gather
         teacher = initial if initial is not None else lm  # algorithm.teacher: initial | rollout
+        # LoRA with teacher: initial: the policy itself, its adapter switched off while it scores
+        adapter_off = self.cfg.model.lora.enabled and self.cfg.algorithm.teacher == "initial"
         return StepContext(self.tokenizer, self._generator(lm), lm, teacher, self.cfg.algorithm, self.cfg.loss,
                            self.pad_id, system.micro_batch_size, system.chunk_size, self.cfg.data.style(), gather,
-                           self.reward_functions)
+                           self.reward_functions, teacher_adapter_off=adapter_off)
 
     def rollout(self, timer: PhaseTimer) -> StepBatch:
         """This process's share of the step's problems through the phases of sgpo.trainer.methods."""
@@ -229,6 +243,7 @@ class Trainer:
         seed = t.seed * 1_000_003 + self.step * 7919 + acc.process_index
         ckpt_kwargs = {"use_reentrant": False}
         teacher_ctx = unwrap_model_for_generation(self.teacher, acc) if self.teacher is not None else nullcontext()
+        self.module.eval()
         with unwrap_model_for_generation(self.module, acc, gradient_checkpointing_kwargs=ckpt_kwargs) as unwrapped, \
                 teacher_ctx as teacher:
             ctx = self._context(unwrapped.lm, teacher)
@@ -256,6 +271,7 @@ class Trainer:
         against the update's N (``loss.normalizer``, ``loss.aggregation``)."""
         a, t = self.cfg.algorithm, self.cfg.training
         metrics, updates = [], []
+        self.module.train()  # LoRA dropout acts here only (every other dropout is off); rollouts run in eval mode
         for _ in range(a.ppo_epochs):
             for k in range(a.mini_batches):
                 result, m = optimizer_update(self.accelerator, self.module, self.optimizer, seqs[k::a.mini_batches],
@@ -382,7 +398,15 @@ class Trainer:
             state = acc.get_state_dict(self.module)
             if acc.is_main_process:
                 final = self.out / "final"
-                lm.save_pretrained(final, state_dict={k[len("lm."):]: v for k, v in state.items()})
+                lm_state = {k[len("lm."):]: v for k, v in state.items()}
+                if self.cfg.model.lora.enabled:  # the adapter; on request also final/merged
+                    from sgpo.lora import MERGED_DIR, save_final
+
+                    save_final(lm, lm_state, final, self.cfg.model.lora, self.cfg.model.name_or_path)
+                    if self.cfg.model.lora.save_merged:
+                        self.tokenizer.save_pretrained(final / MERGED_DIR)
+                else:
+                    lm.save_pretrained(final, state_dict=lm_state)
                 self.tokenizer.save_pretrained(final)
         acc.wait_for_everyone()
         acc.end_training()  # last: it destroys the process group the collectives above need
