@@ -108,7 +108,7 @@ def test_merged_weights_equal_peft_merge_and_vllm_gets_them(tiny_model_dir):
 
     engine, client = Engine(), Client()
     colocated = VLLMGenerator.__new__(VLLMGenerator)
-    colocated.server, colocated.is_main, colocated.llm = False, True, LLM(engine)
+    colocated.server, colocated.is_main, colocated.llm, colocated.sleep_mode = False, True, LLM(engine), False
     colocated.sync_weights(lm)
     server = VLLMGenerator.__new__(VLLMGenerator)
     server.server, server.is_main, server.client = True, True, client
@@ -136,9 +136,9 @@ def test_teacher_initial_is_the_policy_with_its_adapter_off(tiny_model_dir):
         off = teacher_targets(lm, prompts, comps, **kw)
     on = teacher_targets(lm, prompts, comps, **kw)
     for r, o, a in zip(ref, off, on):
-        torch.testing.assert_close(o.teacher_lp, r.teacher_lp, rtol=0, atol=1e-6)
+        torch.testing.assert_close(o.teacher_logp, r.teacher_logp, rtol=0, atol=1e-6)
         assert torch.equal(o.support_ids, r.support_ids)
-        assert not torch.allclose(a.teacher_lp, r.teacher_lp, atol=1e-4)  # the adapter is back on after
+        assert not torch.allclose(a.teacher_logp, r.teacher_logp, atol=1e-4)  # the adapter is back on after
 
 
 # -- training every method ------------------------------------------------------------------
@@ -170,7 +170,7 @@ class AlternatingGenerator:
 
 def _sets(tmp_path, tiny_model_dir, method, *extra):
     return ["data.path=unused", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
-            f"algorithm.method={method}", "algorithm.group_auto=4", "algorithm.group_guided=2",
+            f"algorithm.method={method}", "algorithm.samples_per_problem=6", "algorithm.group_guided=2",
             "training.prompts_per_step=4", "training.learning_rate=1e-2", "algorithm.weight_mode=constant",
             "algorithm.distill_on=all", "run.progress=false", "run.save_steps=0", f"run.output_dir={tmp_path / method}",
             *LORA, *extra]
@@ -246,7 +246,7 @@ def _jsonl(tmp_path):
 
 def _resume_sets(tmp_path, tiny_model_dir, out):
     return [f"data.path={_jsonl(tmp_path)}", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
-            "algorithm.method=sgpo", "algorithm.group_auto=2", "algorithm.group_guided=2", "algorithm.max_new_tokens=6",
+            "algorithm.method=sgpo", "algorithm.samples_per_problem=4", "algorithm.group_guided=2", "algorithm.max_new_tokens=6",
             "algorithm.distill_on=all", "algorithm.weight_mode=constant", "training.prompts_per_step=2",
             "training.learning_rate=1e-2", "training.max_steps=4", "run.save_steps=2", "run.progress=false",
             f"run.output_dir={out}", *LORA]
