@@ -208,3 +208,24 @@ def test_evaluation_scores_with_the_training_reward_functions(tmp_path, user_mod
     with pytest.raises(RewardFunctionError, match="flaky failed on 25%"):
         evaluate_records(None, PlainTokenizer(), problems, "toy2", sampling, 2,
                          reward=RewardConfig(functions=[f"{user_module}:flaky"], max_failure_share=0.2), **kw)
+
+
+def test_sgpo_eval_takes_the_reward_of_the_training_config_or_its_flags(tmp_path, user_module):
+    """`sgpo eval --train-config RUN/config.json` grades with the run's reward section;
+    --reward-functions / --reward-weights replace it; neither: the built-in grader."""
+    from sgpo.evaluation.runner import EvalConfig, reward_config
+    from sgpo.io import DataError
+
+    run_config = tmp_path / "config.json"
+    run_config.write_text(json.dumps({"data": {}, "reward": {"functions": [BUILTIN, f"{user_module}:format_reward"],
+                                                             "weights": [1.0, 0.2], "max_failure_share": 0.5}}))
+    base = dict(model="m", benchmarks=("b",))
+    assert reward_config(EvalConfig(**base)) == RewardConfig()
+    got = reward_config(EvalConfig(**base, train_config=str(run_config)))
+    assert got.functions == [BUILTIN, f"{user_module}:format_reward"] and got.weights == [1.0, 0.2]
+    assert got.max_failure_share == 0.5
+    flags = reward_config(EvalConfig(**base, train_config=str(run_config), reward_functions=(f"{user_module}:flaky",),
+                                     reward_weights=(2.0,)))
+    assert flags.functions == [f"{user_module}:flaky"] and flags.weights == [2.0]
+    with pytest.raises(DataError, match="2 entries for 1 functions"):
+        reward_config(EvalConfig(**base, reward_functions=(BUILTIN,), reward_weights=(1.0, 2.0)))
