@@ -152,10 +152,20 @@ def cached_entry(target: str | os.PathLike, build: Callable[[Path], None], *, wh
     entry in messages; ``cannot_rebuild`` (say, a missing package) makes a missing or damaged
     entry a one-line :class:`CacheError` instead of a build."""
     target = Path(target)
-    if not check_entry(target, required):
+    problem = check_entry(target, required)
+    if not problem:
+        return target
+    if problem == "no completion marker" and not os.access(target.parent, os.W_OK) \
+            and not verify_unmarked(target, required):  # a colleague's read-only cache from before markers
+        from sgpo.errors import note_once
+
+        note_once(f"{what} at {target} has no completion marker and its folder is read-only; it passed the "
+                  "completeness check and is used as it is")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(target.with_name(target.name + ".lock"), f"the build of {what}", wait=True):
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a builder killed mid-build (it held this lock)
+            shutil.rmtree(stale, ignore_errors=True)
         problem = check_entry(target, required)
         if not problem:
             return target  # another process built it while this one waited

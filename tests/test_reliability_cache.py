@@ -156,3 +156,26 @@ def test_cache_and_run_files_honour_the_umask(tmp_path):
     for path in [target, *target.iterdir(), tmp_path / "config.json"]:
         assert path.stat().st_mode & 0o777 == (0o775 if path.is_dir() else 0o664), path
     assert json.loads((tmp_path / "config.json").read_text()) == {"a": 1}
+
+
+@pytest.mark.slow
+def test_a_build_killed_midway_leaves_a_temp_folder_the_next_build_removes(tmp_path):
+    stale = tmp_path / ".world.tmp-otherhost-1-0123456789ab"  # kill -9 during a build: the lock went, this stayed
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    target = world_model_path(TINY, cache=tmp_path / "world", progress=False)
+    assert check_entry(target) == "" and not stale.exists()
+
+
+@pytest.mark.slow
+def test_a_read_only_entry_from_before_markers_is_used_when_complete(tmp_path, monkeypatch, capsys):
+    """A colleague's cache the user cannot write: os.access is patched, as root writes anywhere."""
+    import sgpo.cache
+
+    target = world_model_path(TINY, cache=tmp_path / "world", progress=False)
+    (target / MARKER).unlink()
+    monkeypatch.setattr(sgpo.cache.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(sgpo.cache, "exclusive_lock", None)  # no lock file may be made there
+    assert world_model_path(TINY, cache=tmp_path / "world", progress=False) == target
+    assert "folder is read-only; it passed the completeness check" in capsys.readouterr().err
+    assert not (target / MARKER).exists()
