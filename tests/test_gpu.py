@@ -4,6 +4,9 @@ with a summary table, by ``bash scripts/gpu-check``:
 - every method takes bf16 optimiser steps on CUDA (finite loss, the update ran);
 - the chunked distillation loss needs far less CUDA memory than full logits;
 - vLLM rollouts from token ids and the weight sync into the engine (skipped without vLLM);
+- the rollout correction on real bf16 log-probs: a bf16 policy against float32 "engine"
+  log-probs of the same tokens (the mismatch an engine's numerics make), in a training step;
+- every loss.aggregation mode in a bf16 step; the throughput metrics (perf/*) of a CUDA step;
 - DeepSpeed ZeRO-3 and FSDP through `accelerate launch` on the GPUs present give the same
   schedule, optimiser step count and weights as one plain process (ZeRO-3 skipped without
   DeepSpeed).
@@ -38,6 +41,57 @@ def test_every_method_steps_in_bf16_on_cuda(tmp_path, method, tiny_model_dir):
     if method not in ("grpo", "guided_rl"):
         moved = [n for n, p in res.model.state_dict().items() if not torch.equal(p.float().cpu(), initial[n].float())]
         assert moved
+    # throughput of a CUDA step: tokens over rollout + update time, per device (one process here)
+    assert rec["perf/total_tokens"] > 0 and rec["perf/tokens_per_s"] > 0
+    assert rec["perf/tokens_per_s"] == pytest.approx(rec["perf/total_tokens"] / (rec["time_rollout"] + rec["time_update"]))
+    assert rec["perf/throughput"] == pytest.approx(rec["perf/tokens_per_s"])  # one process: one device
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_every_aggregation_steps_in_bf16_on_cuda(tmp_path, aggregation, tiny_model_dir):
+    """One bf16 SGPO step on CUDA under each loss.aggregation mode: finite loss, weights moved."""
+    from tests.test_trainer_e2e import _cfg, _problems, _state
+    from sgpo.trainer.trainer import train
+
+    initial = _state(str(tiny_model_dir))
+    res = train(_cfg(tmp_path, "sgpo", str(tiny_model_dir), "model.dtype=bfloat16", "training.learning_rate=1e-3",
+                     "training.max_steps=1", f"loss.aggregation={aggregation}"), problems=_problems())
+    rec = res.history[0]
+    assert rec["skipped"] == 0 and torch.isfinite(torch.tensor(rec["loss"]))
+    assert [n for n, p in res.model.state_dict().items() if not torch.equal(p.float().cpu(), initial[n].float())]
+
+
+def test_rollout_correction_on_bf16_logprobs(tmp_path, tiny_model_dir):
+    """A bf16 policy on CUDA trains on rollouts whose "engine" log-probs come from a float32 copy
+    of it (what an engine with other numerics reports; vLLM itself is not needed): the trainer's
+    bf16 pi_old differs from them by bf16 rounding, so the measured mismatch is > 0 but small, the
+    token-level weights stay near 1, and the step is finite."""
+    import copy
+
+    from sgpo.data import build_problems
+    from sgpo.models import load_model, load_tokenizer
+    from sgpo.trainer.config import load_config
+    from sgpo.trainer.metrics import StepMetrics
+    from sgpo.trainer.trainer import PhaseTimer, Trainer
+    from tests.test_rollout_correction_step import EngineGenerator
+    from tests.test_trainer_step import ROWS
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    policy = load_model(str(tiny_model_dir), dtype="bfloat16")
+    engine = copy.deepcopy(policy).float().cuda()
+    cfg = load_config(None, ["data.path=unused", f"model.name_or_path={tiny_model_dir}", "model.dtype=bfloat16",
+                             "algorithm.method=grpo", "algorithm.samples_per_problem=4", "training.prompts_per_step=4",
+                             "loss.rollout_is=token_truncate", "run.progress=false", "run.save_steps=0",
+                             f"run.output_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg, problems=build_problems(ROWS, "test"), model=policy, tokenizer=tok,
+                      generator=EngineGenerator(tok, engine, shift=0.0))
+    batch = trainer.rollout(PhaseTimer())
+    metrics, updates = trainer.update(batch.sequences)
+    rec = StepMetrics.build(trainer.accelerator, 1, batch, metrics, updates=len(updates))
+    print({k: v for k, v in rec.items() if k.startswith("rollout/")})
+    assert 0 < rec["rollout/logprob_abs_diff"] < 0.5
+    assert 0.8 < rec["rollout/is_ratio_mean"] < 1.25 and rec["rollout/is_masked_frac"] < 0.5
+    assert all(torch.isfinite(torch.tensor(u.loss)) for u in updates)
 
 
 def test_chunked_distillation_memory_vs_full_logits_on_cuda():

@@ -19,24 +19,26 @@ SHIFT = 0.05  # the engine's log-probs are the policy's minus this: rho_t = exp(
 
 
 class EngineGenerator(ScriptedGenerator):
-    """SCRIPT's completions, each with "engine" log-probs: the policy's own (full forward in the
-    sampling context at temperature 1) minus SHIFT, as an engine with slightly other numerics."""
+    """SCRIPT's completions, each with "engine" log-probs: ``model``'s (full forward in the
+    sampling context at the sampling temperature) minus ``shift``, as an engine with other
+    numerics (tests/test_gpu.py passes a float32 copy of a bf16 policy and no shift)."""
 
     reports_logprobs = True
 
-    def __init__(self, tokenizer, model):
+    def __init__(self, tokenizer, model, shift: float = SHIFT):
         super().__init__(tokenizer)
-        self.model = model
+        self.model, self.shift = model, shift
 
     @torch.no_grad()
     def generate(self, prompts, sampling, n=1):
         out = super().generate(prompts, sampling, n)
         for ids, group in zip(prompts, out):
             for j, c in enumerate(group):
-                logits = self.model(input_ids=torch.tensor([list(ids) + c.token_ids])).logits[0].float()
+                device = next(self.model.parameters()).device
+                logits = self.model(input_ids=torch.tensor([list(ids) + c.token_ids], device=device)).logits[0].float()
                 logp = torch.log_softmax(logits[len(ids) - 1:-1] / sampling.temperature, -1)  # [T, V]
-                exact = logp.gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
-                group[j] = Completion(c.text, c.token_ids, c.finish_reason, (exact - SHIFT).tolist())
+                exact = logp.gather(-1, torch.tensor(c.token_ids, device=device)[:, None])[:, 0]
+                group[j] = Completion(c.text, c.token_ids, c.finish_reason, (exact - self.shift).tolist())
         return out
 
 
