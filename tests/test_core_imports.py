@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CORE = Path(__file__).resolve().parents[1] / "sgpo" / "core"
 
 
+@pytest.mark.slow
 def test_core_does_not_import_heavy_packages():
     code = ("import sys, sgpo.core\n"
             "heavy = ('transformers', 'trl', 'accelerate', 'vllm', 'datasets', 'httpx')\n"

@@ -162,6 +162,7 @@ def test_torn_last_line_is_repaired_and_redone(tmp_path):
     assert sorted(r["id"] for r in rows) == ids and all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     ids = [f"q{i:02d}" for i in range(30)]
     script = Scripted({})

@@ -132,6 +132,7 @@ FULL_DISK_TRAIN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_training_with_a_message(files, tmp_path):
     run = tmp_path / "run"
     argv = ["train", "--output-dir", str(run), "--method", "sft", "--set", f"data.path={files['dir']}/sft.jsonl",

@@ -5,6 +5,8 @@ records are generated again and the summary says how many were reused."""
 import json
 import time
 
+import pytest
+
 from sgpo.evaluation.runner import evaluate_records, records_path
 from sgpo.generation import SamplingConfig
 from tests.test_eval_runner import ANSWERS, PROBLEMS, PlainTokenizer, ScriptedGenerator
@@ -83,6 +85,7 @@ def _retrain(folder):
     lm.save_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_cli_summary_says_how_many_were_reused(tmp_path, tiny_model_dir, capsys):
     import shutil
 

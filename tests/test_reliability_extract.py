@@ -12,6 +12,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from sgpo.cli import main
 from sgpo.io import exclusive_lock, read_jsonl_tolerant
 from sgpo.strategies.extract import lock_path
@@ -92,6 +94,7 @@ SLOW_EXTRACT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, capsys):
     inp, out = write_input(tmp_path / "in.jsonl", ["a", "b"]), tmp_path / "out.jsonl"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
@@ -119,6 +122,7 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_extract_with_a_message_and_keeps_earlier_records(tmp_path):
     ids = [f"p{i}" for i in range(6)]
     inp, out = write_input(tmp_path / "in.jsonl", ids), tmp_path / "out.jsonl"

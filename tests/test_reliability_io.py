@@ -49,6 +49,7 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_full_disk_undoes_the_partial_write_and_says_so(tmp_path):
     path = tmp_path / "records.jsonl"
     (tmp_path / "records.jsonl.json").write_text('{"old": true}\n')

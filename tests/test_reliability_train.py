@@ -82,6 +82,7 @@ def test_rotation_keeps_the_newest_and_zero_keeps_all(tmp_path, limit, kept):
     assert [int(p.name.split("-")[1]) for p in folder.checkpoints()] == kept
 
 
+@pytest.mark.slow
 def test_kill_before_the_first_checkpoint_logs_no_step_twice(tmp_path, tiny_model_dir):
     # killed after step 1 was logged, no checkpoint yet (save_steps=50): the rerun starts at step 1 again
     _train_and_kill(tmp_path, tiny_model_dir, 1, "training.max_steps=2", "run.save_steps=50")
@@ -90,6 +91,7 @@ def test_kill_before_the_first_checkpoint_logs_no_step_twice(tmp_path, tiny_mode
     assert _steps(tmp_path) == [1, 2]
 
 
+@pytest.mark.slow
 def test_kill_after_a_checkpoint_cuts_metrics_on_disk_before_training(tmp_path, tiny_model_dir):
     _train_and_kill(tmp_path, tiny_model_dir, 2, "training.max_steps=3", "run.save_steps=1")
     assert _steps(tmp_path) == [1, 2]  # checkpoint-1 exists, step 2 logged but not saved
@@ -100,6 +102,7 @@ def test_kill_after_a_checkpoint_cuts_metrics_on_disk_before_training(tmp_path, 
     assert [h["step"] for h in res.history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_resume_survives_a_torn_metrics_line_and_an_empty_trainer_state(tmp_path, tiny_model_dir):
     _train(tmp_path, tiny_model_dir, "training.max_steps=2", "run.save_steps=1")
     run = tmp_path / "run"
@@ -111,6 +114,7 @@ def test_resume_survives_a_torn_metrics_line_and_an_empty_trainer_state(tmp_path
     assert _steps(tmp_path) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_no_resume_into_a_run_folder_is_refused_unless_overwrite(tmp_path, tiny_model_dir):
     _train(tmp_path, tiny_model_dir, "training.max_steps=2", "run.save_steps=1")
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
@@ -124,6 +128,7 @@ def test_no_resume_into_a_run_folder_is_refused_unless_overwrite(tmp_path, tiny_
     assert [p.name for p in RunFolder(tmp_path / "run", 2).checkpoints()] == ["checkpoint-1"]
 
 
+@pytest.mark.slow
 def test_resume_with_another_method_or_math_setting_is_refused(tmp_path, tiny_model_dir):
     _train(tmp_path, tiny_model_dir, "training.max_steps=1", "run.save_steps=1")
     with pytest.raises(RunFolderError, match="algorithm.method='sft' \\(now 'luffy'\\)"):
@@ -136,6 +141,7 @@ def test_resume_with_another_method_or_math_setting_is_refused(tmp_path, tiny_mo
     assert [h["step"] for h in res.history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_cli_refusal_is_one_line_exit_2(tmp_path, tiny_model_dir, capsys):
     from sgpo.cli import main
 

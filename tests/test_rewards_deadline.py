@@ -147,6 +147,7 @@ def test_long_c_call_is_stopped_at_the_deadline(monkeypatch: pytest.MonkeyPatch)
     assert elapsed < 0.5 * workers.WALL_FACTOR + workers.WALL_SLACK_S + 5.0  # + zygote start
 
 
+@pytest.mark.slow
 def test_grading_in_a_daemonic_process() -> None:
     """multiprocessing forbids children of daemonic processes (DataLoader workers are); the
     grader's zygote is a plain subprocess, so grading works there too."""
@@ -190,6 +191,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads process states from /proc")
 def test_no_grader_process_outlives_a_killed_caller() -> None:
     """kill -9 of a process that was grading: its zygote and workers see their sockets close
