@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    import sgpo.world  # noqa: F401  (the testbed registers its model alias, strategy-world, with sgpo.models)
     from sgpo.errors import Interrupted, UserError
 
     try:

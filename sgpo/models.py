@@ -8,14 +8,14 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SMOLLM2 = "smollm2-135m-instruct"  # alias accepted wherever a model path is
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # accepted by load_model (float64: exact CPU equivalence tests)
-# Aliases of models built on first use by packages above this module: the builder is named by
-# "module:function" and imported by name (as the CLI finds its subcommands), so this module
-# never imports them.
-BUILT_MODELS = {"strategy-world": "sgpo.world.pretrain:world_model_path"}
+# Aliases of models built on first use by the testbeds above this module (alias -> a function
+# returning the built model's folder), filled by register_built_model: sgpo.world registers
+# "strategy-world" when imported; the trainer and the CLI import it.
+BUILT_MODELS: dict[str, Callable[[], Path]] = {}
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -61,17 +61,20 @@ def save_model_folder(model: Any, tokenizer: Any, folder: Path, extra_files: dic
     return folder
 
 
+def register_built_model(alias: str, build: Callable[[], Path]) -> None:
+    """Make ``alias`` a model name wherever a model path is accepted: ``build()`` returns the
+    model's folder, building it on first use (a testbed's pre-trained model)."""
+    BUILT_MODELS[alias.lower()] = build
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the SmolLM2 alias to its cached safetensors and ``strategy-world`` to the
-    pre-trained strategy-world model (:mod:`sgpo.world`, built on first use); anything else
+    """Map the SmolLM2 alias to its cached safetensors and a registered alias
+    (:func:`register_built_model`, e.g. ``strategy-world``) to its built folder; anything else
     passes through (a local folder or a Hub id)."""
     if name_or_path.lower() in (SMOLLM2, "smollm2"):
         return str(smollm2_path())
     if name_or_path.lower() in BUILT_MODELS:
-        import importlib
-
-        module, function = BUILT_MODELS[name_or_path.lower()].split(":")
-        return str(getattr(importlib.import_module(module), function)())
+        return str(BUILT_MODELS[name_or_path.lower()]())
     return name_or_path
 
 

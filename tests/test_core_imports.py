@@ -37,14 +37,17 @@ def test_core_sources_import_only_torch_stdlib_and_core():
 
 
 # Layers, lowest first: a module imports only lower layers and its own unit (a top-level
-# module or a subpackage). The CLI is the top; the demo drives the trainer and evaluation.
+# module or a subpackage). The CLI is the top; the demo drives the trainer and evaluation. The
+# strategy world is a testbed above the library it measures with (evaluation) and below the
+# trainer, which imports it so its model alias is registered with sgpo.models.
 LAYERS = [
     {"sgpo.core", "sgpo.errors"},
     {"sgpo.locks"},
     {"sgpo.cache"},
     {"sgpo.io", "sgpo.schema", "sgpo.prompts", "sgpo.compat", "sgpo.models", "sgpo.lora"},
-    {"sgpo.rewards", "sgpo.data", "sgpo.generation", "sgpo.world"},
+    {"sgpo.rewards", "sgpo.data", "sgpo.generation"},
     {"sgpo.strategies", "sgpo.evaluation"},
+    {"sgpo.world"},
     {"sgpo.trainer"},
     {"sgpo.demo"},
     {"sgpo.cli"},
@@ -97,3 +100,30 @@ def test_nothing_imports_a_cli_module():
     bad = [f"{module} imports {t}" for module, path in _modules() for t in _sgpo_imports(path)
            if (t == "sgpo.cli" or t.endswith(".cli")) and module != t]
     assert not bad, bad
+
+
+def test_no_library_module_imports_sgpo_by_a_string():
+    """Library modules import each other by import statements (the edges above see them): no
+    "sgpo.x:function" or importlib.import_module("sgpo...") string. The CLI alone finds its
+    subcommands by name (test_nothing_imports_a_cli_module)."""
+    import re
+
+    bad = []
+    for module, path in _modules():
+        if module == "sgpo.cli":
+            continue
+        text = path.read_text()
+        for m in re.finditer(r"""import_module\(\s*f?["'](sgpo[\w.]*)|["'](sgpo\.[\w.]+):\w+["']""", text):
+            target = m.group(1) or m.group(2)
+            if _unit(target) != _unit(module):  # a default naming the module's own function is a value
+                bad.append(f"{module}: {m.group(0)}")
+    assert not bad, bad
+
+
+def test_the_world_registers_its_model_with_the_loader_for_the_trainer_and_the_cli():
+    import sgpo.trainer.trainer  # noqa: F401
+    from sgpo.models import BUILT_MODELS
+
+    assert "strategy-world" in BUILT_MODELS
+    assert "sgpo.world" in _sgpo_imports(CORE.parent / "trainer" / "trainer.py")
+    assert "sgpo.world" in _sgpo_imports(CORE.parent / "cli.py")

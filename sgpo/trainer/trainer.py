@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sgpo.data import Problem, ProblemSet, check_prompt_lengths, load_problems
+import sgpo.world  # noqa: F401  (registers the strategy-world model alias with sgpo.models)
 from sgpo.models import check_model_source
 from sgpo.prompts import check_prompt_format
 from sgpo.rewards.functions import RewardFunctions, check_failure_share
