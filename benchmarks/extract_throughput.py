@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sgpo.data import Problem
 from sgpo.strategies.extract import ExtractConfig, run_extraction
-from sgpo.strategies.loopback import LoopbackChatServer, Reply, strategy_reply
+from sgpo.testing import LoopbackChatServer, Reply, strategy_reply
 from sgpo.strategies.openai_client import OpenAIChatClient
 
 REPLY = strategy_reply()

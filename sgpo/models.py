@@ -197,28 +197,6 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None
     return model
 
 
-def tiny_model(path: str | os.PathLike, vocab_from: str | None = None, seed: int = 0, **overrides: Any) -> Path:
-    """Write a tiny random Llama-style model (for tests) with the tokenizer of ``vocab_from``
-    (default: SmolLM2) to ``path`` and return it."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = Path(path)
-    if (path / "config.json").exists():
-        return path
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(vocab_from or SMOLLM2))
-    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-               tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-               pad_token_id=tok.pad_token_id)
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 

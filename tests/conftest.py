@@ -47,6 +47,6 @@ def smollm2_dir(tmp_path_factory) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with SmolLM2's tokenizer: fast end-to-end tests of real code paths.
     $SGPO_TINY_VOCAB names a folder with that tokenizer alone (scripts/gpu-check carries one)."""
-    from sgpo.models import tiny_model
+    from sgpo.testing import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny") / "model", vocab_from=os.environ.get("SGPO_TINY_VOCAB"))

@@ -45,6 +45,7 @@ LAYERS = [
     {"sgpo.locks"},
     {"sgpo.cache"},
     {"sgpo.io", "sgpo.schema", "sgpo.prompts", "sgpo.compat", "sgpo.models", "sgpo.lora"},
+    {"sgpo.testing"},  # test doubles (loopback chat server, tiny models): only tests and scripts import it
     {"sgpo.rewards", "sgpo.data", "sgpo.generation"},
     {"sgpo.strategies", "sgpo.evaluation"},
     {"sgpo.world"},
@@ -127,3 +128,9 @@ def test_the_world_registers_its_model_with_the_loader_for_the_trainer_and_the_c
     assert "strategy-world" in BUILT_MODELS
     assert "sgpo.world" in _sgpo_imports(CORE.parent / "trainer" / "trainer.py")
     assert "sgpo.world" in _sgpo_imports(CORE.parent / "cli.py")
+
+
+def test_the_library_never_imports_its_test_doubles():
+    bad = [f"{module} imports {t}" for module, path in _modules() for t in _sgpo_imports(path)
+           if t.startswith("sgpo.testing") and module != "sgpo.testing"]
+    assert not bad, bad

@@ -19,7 +19,7 @@ from sgpo.data import Problem
 from sgpo.io import read_jsonl_tolerant
 from sgpo.strategies.cli import register
 from sgpo.strategies.extract import ExtractConfig, run_extraction
-from sgpo.strategies.loopback import LoopbackChatServer, Reply, strategy_reply, user_text
+from sgpo.testing import LoopbackChatServer, Reply, strategy_reply, user_text
 from sgpo.strategies.openai_client import OpenAIChatClient
 from sgpo.strategies.retry import RetryPolicy
 

@@ -17,7 +17,7 @@ import pytest
 from sgpo.cli import main
 from sgpo.io import exclusive_lock, read_jsonl_tolerant
 from sgpo.strategies.extract import lock_path
-from sgpo.strategies.loopback import LoopbackChatServer, Reply, strategy_reply
+from sgpo.testing import LoopbackChatServer, Reply, strategy_reply
 from tests.test_extract import extract_argv, write_input
 
 KEY = "sk-test-Zq81b4F0c2d9E7a6B5c4D3e2F1a0"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sgpo.strategies.loopback import EXAMPLE_STRATEGY, strategy_reply
+from sgpo.testing import EXAMPLE_STRATEGY, strategy_reply
 from sgpo.strategies.prompt import (PROMPT_VERSION, extraction_messages, find_json_object, parse_strategy,
                                     repair_latex_escapes)
 from sgpo.schema import StrategyError

@@ -9,7 +9,7 @@ import pytest
 from sgpo.generation.base import Completion, SamplingConfig
 from sgpo.io import read_jsonl_tolerant
 from sgpo.strategies.cli import register
-from sgpo.strategies.loopback import EXAMPLE_STRATEGY
+from sgpo.testing import EXAMPLE_STRATEGY
 from sgpo.strategies.scoring import ANSWER_ONLY_INSTRUCTION, ScoreConfig, apply_scores, score_records
 from sgpo.strategies.store import load_strategies
 

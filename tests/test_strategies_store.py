@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from sgpo.io import DataError
-from sgpo.strategies.loopback import EXAMPLE_STRATEGY
+from sgpo.testing import EXAMPLE_STRATEGY
 from sgpo.strategies.retry import RetryPolicy, parse_retry_after
 from sgpo.schema import render_strategy, validate_strategy
 from sgpo.strategies.store import input_hash, latest_records, load_strategies, record_key

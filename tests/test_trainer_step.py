@@ -88,7 +88,7 @@ def peaky_model_dir(tmp_path_factory):
     """The tiny random Llama with larger initial weights: its next-token distributions are
     far from uniform and depend on the context, so the strategy block changes the teacher
     (with the default init the distillation term is ~1e-8, below float32 resolution)."""
-    from sgpo.models import tiny_model
+    from sgpo.testing import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("peaky") / "model", initializer_range=0.5)
 

@@ -1,21 +1,29 @@
-"""A scripted OpenAI-compatible chat server on loopback, for tests, the throughput benchmark
-and offline dry runs of ``sgpo extract``.
+"""Test doubles and fixtures in one place, importable by the tests, the benchmarks and
+scripts/gpu-check (the library never imports this module):
 
-It is a real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread), so the
-client's timeouts, retries and connection handling are exercised exactly as against vLLM or
-a hosted API. A ``script`` function decides each reply: choices, an error status with
-headers, a delay, or a dropped connection. Every request body is recorded.
+- :class:`LoopbackChatServer`: a scripted OpenAI-compatible chat server on loopback, for tests,
+  the throughput benchmark and offline dry runs of ``sgpo extract``. It is a real HTTP server
+  (stdlib ``ThreadingHTTPServer`` in a background thread), so the client's timeouts, retries
+  and connection handling are exercised exactly as against vLLM or a hosted API. A ``script``
+  function decides each reply: choices, an error status with headers, a delay, or a dropped
+  connection. Every request body is recorded.
+- :func:`tiny_model`: a tiny random Llama-style model folder with a real tokenizer.
 """
+
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
+
+from sgpo.models import SMOLLM2, resolve_model_path
 
 
 @dataclass
@@ -123,3 +131,25 @@ class LoopbackChatServer:
                 self.wfile.write(data)
 
         return Handler
+
+
+def tiny_model(path: str | os.PathLike, vocab_from: str | None = None, seed: int = 0, **overrides: Any) -> Path:
+    """Write a tiny random Llama-style model (for tests) with the tokenizer of ``vocab_from``
+    (default: SmolLM2) to ``path`` and return it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(vocab_from or SMOLLM2))
+    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+               tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
