@@ -257,9 +257,8 @@ def readme_table(s: Setting, main: dict[str, Any], tests: list[dict[str, Any]], 
     out = [README_BEGIN, ""]
     variants = main["variants"]
     if not variants:
-        out += [f"No reported cells yet ({n_cells} cells done, tuning first); see benchmarks/results/sweep.md for "
-                "progress. The older seeds 0-2 table (benchmarks/results/evidence.md) is superseded and carries no "
-                "claim.", "", README_END]
+        out += ["No reported cells yet: the sweep tunes first (benchmarks/results/sweep.md shows its progress). "
+                "Until reported cells are in, this README makes no claim from the sweep.", "", README_END]
         return "\n".join(out)
     out += ["| variant | seeds | " + " | ".join(f"{sp} (mean ± sd)" for sp in REPORTED_SPLITS) + " |",
             "|---|---:|" + "---:|" * len(REPORTED_SPLITS)]
