@@ -17,7 +17,6 @@ expected to move a method's optimum (``retune``), or fix the learning rate (the 
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
 FIVE = tuple(range(5))
@@ -27,7 +26,7 @@ STABILITY_METRICS = ("p_auto", "p_guided", "distill/masked_frac", "distill/kl_me
                      "rl/clip_frac_low", "rl/clip_frac_high", "grad_norm", "loss/distill", "loss/rl")
 SELECTIVITY_METRICS = ("p_auto", "p_guided", "distill/kl_mean", "distill/top10_share", "weight/mean")
 
-# the trace dial's T1-T5 partial prediction: SFT re-tuned per style, LUFFY at gamma 0.1
+# reported seeds per trace style: 10 where the issue asks for them (T0, T2, T4), else 5
 TRACE_SEEDS = {"T0": TEN, "T1": FIVE, "T2": TEN, "T3": FIVE, "T4": TEN, "T5": FIVE}
 PRIOR_BIAS = {"b0": 0.0, "b0.25": 0.25, "b0.55": 0.55}  # calibrated by benchmarks/world_dials.py (claims-plan.md)
 MODELS = {"small": {"hidden_size": 64, "intermediate_size": 128}, "large": {"hidden_size": 256, "intermediate_size": 512},
@@ -121,21 +120,3 @@ def register(m: ModuleType) -> None:
         m.GROUPS[group] = tuple(entries)
     m.GROUPS["claims"] = tuple(n for g in groups.values() for n in g)
 
-
-def cpu_hours(m: ModuleType, minutes_per_cell: float = 2.5) -> dict[str, float]:
-    """A rough cost per group: report and tuning cells x minutes per 200-step base cell, scaled
-    by steps, updates per rollout (proximal), length (T4) and model width (capacity)."""
-    out = {}
-    for group, names in m.GROUPS.items():
-        if group == "claims":
-            continue
-        total = 0.0
-        for n in names:
-            s = m.SETTINGS[n]
-            cells = len(m.tune_cells(s)) + len(s.seeds) * len(m.setting_variants(s))
-            u = math.prod(s.overrides.get("algorithm", {}).get(k, 1) for k in ("ppo_epochs", "mini_batches"))
-            scale = s.step_budget / 200 * (1 + 0.15 * (u - 1)) * (s.max_new_tokens / 32) ** 0.5
-            scale *= (s.pretrain.get("hidden_size", 128) / 128) ** 1.5 * (s.budget / 8)
-            total += cells * minutes_per_cell * scale
-        out[group] = round(total / 60, 1)
-    return out
