@@ -39,13 +39,13 @@ MODEL_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 def measure(world: str, seed: int, variant: str, n: int, samples: int, build: bool) -> dict[str, Any] | None:
     from sgpo.models import load_model, load_tokenizer
     from sgpo.world.capability import execution_accuracy, success_rates, trace_nll
-    from sgpo.world.pretrain import _built, cache_root, seeded_world, world_model_path
+    from sgpo.world.pretrain import cache_root, seeded_world, world_model_path
     from sgpo.world.styles import STYLES
     from sgpo.world.tasks import make_problems
 
     tasks, pretrain = MODEL_VARIANTS[variant]
     cfg = seeded_world(world, seed, tasks=tasks, pretrain=pretrain)
-    if not build and not _built(cache_root() / cfg.key()):
+    if not build and not (cache_root() / cfg.key() / "world.json").exists():
         print(f"skip {variant} seed {seed}: not in the cache ({cfg.key()}); --build pre-trains it", file=sys.stderr)
         return None
     t0 = time.perf_counter()

@@ -61,14 +61,23 @@ class WorldConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def seeded_world(name: str = "single", seed: int = 0) -> WorldConfig:
+def seeded_world(name: str = "single", seed: int = 0, tasks: dict[str, Any] | None = None,
+                 pretrain: dict[str, Any] | None = None) -> WorldConfig:
     """World seed ``seed`` of the named world: its own keyword -> procedure map (``map_seed``)
-    and its own pre-training seed, so seeds differ in the map and in the pre-trained model."""
-    from dataclasses import replace
+    and its own pre-training seed, so seeds differ in the map and in the pre-trained model.
+    ``tasks`` and ``pretrain`` override :class:`WorldSpec` and :class:`PretrainSpec` fields (a
+    dial's setting, e.g. ``{"trace_style": "T2"}``, ``{"hidden_size": 256}``)."""
+    from dataclasses import fields, replace
 
     if name not in WORLDS:
         raise ValueError(f"unknown world {name!r} (have {', '.join(WORLDS)})")
-    return WorldConfig(tasks=replace(WORLDS[name], map_seed=seed), pretrain=PretrainSpec(seed=seed))
+    for what, cls, values in (("tasks", WorldSpec, tasks), ("pretrain", PretrainSpec, pretrain)):
+        unknown = sorted(set(values or {}) - {f.name for f in fields(cls)} - {"seed", "map_seed"})
+        if unknown or {"seed", "map_seed"} & set(values or {}):
+            raise ValueError(f"seeded_world {what} overrides: unknown {unknown} or a seed field (the world seed "
+                             f"sets map_seed and seed); {cls.__name__} has {', '.join(f.name for f in fields(cls))}")
+    return WorldConfig(tasks=replace(WORLDS[name], map_seed=seed, **(tasks or {})),
+                       pretrain=replace(PretrainSpec(seed=seed), **(pretrain or {})))
 
 
 class _PlainTemplate:
