@@ -164,7 +164,8 @@ def curve_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[st
              f"Probe: unguided avg@{s.probe_samples} on {s.probe_problems} `heldout` + {s.probe_problems} `transfer` "
              f"problems every {s.probe_every} steps; x = trajectories sampled per training problem so far (the initial "
              "model's probe at 0). AUC: mean probe accuracy over the run (trapezoid over x, divided by its range); reach "
-             "X: trajectories per problem until the mean curve first reaches X (— never). Mean over seeds.", "",
+             "X: trajectories per problem until a seed's curve first reaches X, mean over seeds (— where some seed never did). "
+             "Mean over seeds.", "",
              "| variant | seeds | final | best | AUC | " + " | ".join(f"reach {_pct(t)}" for t in THRESHOLDS) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(THRESHOLDS)]
     data: dict[str, Any] = {}
@@ -252,7 +253,8 @@ def plot_curves(s: Setting, done: dict[str, dict], path: Path) -> bool:
     return True
 
 
-def readme_table(s: Setting, main: dict[str, Any], tests: list[dict[str, Any]], n_cells: int) -> str:
+def readme_table(s: Setting, main: dict[str, Any], tests: list[dict[str, Any]], n_cells: int,
+                 curves: dict[str, Any] | None = None) -> str:
     """The README's results block: mean ± sd over seeds and the paired differences."""
     out = [README_BEGIN, ""]
     variants = main["variants"]
@@ -266,6 +268,14 @@ def readme_table(s: Setting, main: dict[str, Any], tests: list[dict[str, Any]], 
         if e:
             out.append(f"| {label} | {len(e['seeds'])} | " + " | ".join(
                 f"{100 * e[sp]['mean']:.1f} ± {100 * e[sp]['sd']:.1f}" for sp in REPORTED_SPLITS) + " |")
+    if curves:
+        out += ["", "Learning curves (probe on held-out and transfer problems, mean over seeds): area under the curve "
+                "(mean accuracy over the run) and the trajectories sampled per training problem until a seed's curve "
+                "first reached 50%, mean over seeds (— where some seed never did):", ""]
+        for label, c in curves.items():
+            reach = [m["reach"].get("0.5") for m in c["per_seed"].values()]
+            when = "—" if any(r is None for r in reach) else f"{sum(reach) / len(reach):.1f}"
+            out.append(f"- {label}: AUC {100 * c['auc']:.1f}, final {100 * c['final']:.1f}, 50% after {when}")
     if tests:
         out += ["", "Paired differences (SGPO minus each, absolute points, Holm-corrected paired t tests over seeds):", ""]
         for r in tests:
@@ -308,7 +318,7 @@ def report(args: argparse.Namespace) -> int:
         data[name] = {"tuning": td, "results": md, "comparisons": tests, "curves": ud, "per_keyword": kd,
                       "reported_seeds": list(REPORT_SEEDS)}
         if readme is None:
-            readme = readme_table(s, md, tests, len(done))
+            readme = readme_table(s, md, tests, len(done), ud)
     write_results(out, "\n".join(text), data)
     if args.readme and readme is not None:
         update_readme(Path(args.readme), readme)

@@ -94,7 +94,7 @@ def test_report_rebuilds_tables_and_the_readme_from_cells(tmp_path):
     assert (out.parent / "sweep-curves-pair.png").exists()
     new = readme.read_text()
     assert new.startswith("intro\n") and new.endswith("after\n") and "old" not in new
-    assert "| sgpo | 4 |" in new and "sgpo - grpo, heldout" in new
+    assert "| sgpo | 4 |" in new and "sgpo - grpo, heldout" in new and "- sgpo: AUC " in new
     # again from the same files: the same report
     sweep_report().report(args)
     assert out.read_text() == text
