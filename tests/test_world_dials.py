@@ -240,3 +240,20 @@ def test_pretrained_world_measures():
     assert execution_accuracy(model, tok, rows)["accuracy"] > 0.8
     rates = success_rates(model, tok, rows, samples=2)
     assert rates["p_g"] > 0.7 and rates["p_a"] < 0.4
+
+
+def test_world_prepare_sets_dials_as_typed_fields(tmp_path):
+    from sgpo.io import read_jsonl_tolerant
+    from sgpo.world.cli import parse_dials, write_problem_files
+
+    dials = parse_dials(["trace_style=T2", "strategy_wrong_share=0.5", "partial_shifts=3"])
+    assert dials == {"trace_style": "T2", "strategy_wrong_share": 0.5, "partial_shifts": 3}
+    spec = seeded_world("pair", 0, tasks=dials).tasks
+    paths = write_problem_files(str(tmp_path), 0, {"train": 16}, spec)
+    rows = read_jsonl_tolerant(paths["train"])
+    assert all(r["trace_style"] == "T2" and r["teacher_response"].endswith("}") for r in rows)
+    assert {r["strategy_quality"] for r in rows} <= {"right", "wrong"}
+    for bad, says in (["trace_style"], "FIELD=VALUE"), (["colour=red"], "FIELD one of"), \
+                     (["partial_shifts=two"], "not of type int"), (["keywords=a"], "FIELD one of"):
+        with pytest.raises(SystemExit, match=says):
+            parse_dials(bad)
