@@ -137,3 +137,19 @@ def test_results_record_the_trajectories_each_run_spent(tmp_path):
     assert spent == {"sgpo": {"auto": 4.0, "guided": 4.0, "reference": 0.0, "total": 8.0},
                      "grpo": {"auto": 8.0, "guided": 0.0, "reference": 0.0, "total": 8.0}}
     assert "sgpo 8 (4 autonomous + 4 guided); grpo 8 (8 autonomous + 0 guided)" in path.read_text()
+
+
+def test_demo_and_sgpo_report_share_one_plot_and_one_percentage_formatter(tmp_path):
+    from sgpo.demo import report as demo_report
+    from sgpo.evaluation import report as eval_report
+
+    assert not hasattr(demo_report, "_pyplot")  # the demo draws through the evaluation report's helpers
+    assert eval_report.percent(0.5) == "50.0" and eval_report.percent(0.5, "%") == demo_report._pct(0.5) == "50.0%"
+    calls = []
+    real = eval_report.plot_accuracy
+    try:
+        eval_report.plot_accuracy = lambda runs, path, **kw: calls.append(runs) or path
+        demo_report.plot_accuracy({"sgpo": {"avg@k": 0.5, "ci95": [0.4, 0.6]}}, tmp_path / "a.png")
+    finally:
+        eval_report.plot_accuracy = real
+    assert calls == [[("sgpo", {"benchmarks": {"held-out": {"avg@k": 0.5, "ci95": [0.4, 0.6]}}})]]

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sgpo.evaluation import report as eval_report
 from sgpo.io import write_json_atomic
 
 REPORT_FILE, RESULTS_FILE = "report.md", "results.json"
@@ -32,7 +33,7 @@ def _finite(x: Any) -> bool:
 
 
 def _pct(x: float) -> str:
-    return f"{100.0 * x:.1f}%"
+    return eval_report.percent(x, "%")
 
 
 def ordered_labels(labels: Sequence[str]) -> list[str]:
@@ -91,32 +92,11 @@ def training_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy(results: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
-    """One bar per model, 95% CI as error bars."""
-    plt = _pyplot()
-    labels = list(results)
-    ys = [100 * results[lab]["avg@k"] for lab in labels]
-    err = [[100 * (results[lab]["avg@k"] - results[lab]["ci95"][0]) for lab in labels],
-           [100 * (results[lab]["ci95"][1] - results[lab]["avg@k"]) for lab in labels]]
-    fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2.0, 3.6))
-    ax.bar(labels, ys, yerr=err, capsize=6, color=[f"C{i}" for i in range(len(labels))])
-    for i, y in enumerate(ys):
-        ax.text(i, y / 2, f"{y:.1f}", ha="center", color="white", fontsize="small")
-    ax.set_ylabel("held-out avg@k accuracy (%), 95% CI")
-    ax.set_ylim(0, min(100.0, max([hi for hi in (100 * results[lab]["ci95"][1] for lab in labels)] + [1.0]) * 1.15))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """One bar per model (held-out avg@k), 95% CI as error bars: the evaluation report's plot
+    with the demo's one benchmark."""
+    runs = [(label, {"benchmarks": {"held-out": r}}) for label, r in results.items()]
+    return eval_report.plot_accuracy(runs, path, ylabel="held-out avg@k accuracy (%), 95% CI")
 
 
 def _step_axis(ax: Any, steps: Sequence[float]) -> None:
@@ -135,7 +115,7 @@ def plot_guidance(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], path
     curves = [(legend, pts) for legend, pts in curves if pts]
     if not curves:
         return None
-    plt = _pyplot()
+    plt = eval_report.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for legend, pts in curves:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None,
@@ -156,7 +136,7 @@ def plot_distillation(history: Sequence[Mapping[str, Any]], path: Path) -> Path 
     kl, share = series(history, DISTILL_KEYS[0]), series(history, DISTILL_KEYS[1])
     if not kl and not share:
         return None
-    plt = _pyplot()
+    plt = eval_report.pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.4))
     ax1.plot([p[0] for p in kl], [p[1] for p in kl], marker=".", color="C0")
     ax1.set_ylim(bottom=0)

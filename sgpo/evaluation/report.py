@@ -22,8 +22,20 @@ CURVES_PER_FIGURE = 4
 PREFERRED_CURVES = ("loss", "reward/auto_mean", "p_auto", "p_guided", "weight/mean", "distill/kl_mean")
 
 
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.1f}"
+def percent(x: float, unit: str = "") -> str:
+    """A share in [0, 1] as a percentage with one decimal: tables, whose header says %, write
+    ``percent(x)``; prose writes ``percent(x, "%")``. The one formatter of both reports."""
+    return f"{100.0 * x:.1f}{unit}"
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (reports run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
@@ -34,10 +46,10 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     for name, r in list(results["benchmarks"].items()) + [("**macro**", results.get("macro") or {})]:
         if not r:
             continue
-        ci = f"[{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}]" if r.get("ci95") else ""
+        ci = f"[{percent(r['ci95'][0])}, {percent(r['ci95'][1])}]" if r.get("ci95") else ""
         k = r.get("k", "")
-        rows.append(f"| {name} | {r['n']} | {k} | {_pct(r['avg@k'])} | {ci} | {_pct(r['pass@k'])} | "
-                    f"{_pct(r['truncation_rate'])}% | {r['mean_length']:.0f} | {r['timeouts']} |")
+        rows.append(f"| {name} | {r['n']} | {k} | {percent(r['avg@k'])} | {ci} | {percent(r['pass@k'])} | "
+                    f"{percent(r['truncation_rate'])}% | {r['mean_length']:.0f} | {r['timeouts']} |")
     model = results.get("config", {}).get("model", "")
     protocol = run_protocol(results)
     table = protocol_markdown([(f"`{model}`", results)], protocol)
@@ -65,8 +77,8 @@ def protocol_markdown(runs: Sequence[tuple[str, Mapping[str, Any]]], protocol: s
              "|---|" + "---:|" * (len(columns) + 1)]
     for label, res in runs:
         values = [res["benchmarks"].get(name, {}).get("avg@k") for name, _ in columns]
-        cells = ["–" if v is None else _pct(v) for v in values]
-        cells.append("–" if None in values else _pct(sum(values) / len(values)))
+        cells = ["–" if v is None else percent(v) for v in values]
+        cells.append("–" if None in values else percent(sum(values) / len(values)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -102,7 +114,7 @@ def comparison_markdown(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
                 cells.append("–")
                 continue
             ci = r.get("ci95")
-            cells.append(f"{_pct(r['avg@k'])} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(r["avg@k"]))
+            cells.append(f"{percent(r['avg@k'])} [{percent(ci[0])}, {percent(ci[1])}]" if ci else percent(r["avg@k"]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -127,15 +139,15 @@ def curve_groups(history: Sequence[Mapping[str, Any]], per_figure: int = CURVES_
     return [ordered[i : i + per_figure] for i in range(0, len(ordered), per_figure)]
 
 
-def plot_accuracy(runs: Sequence[tuple[str, Mapping[str, Any]]], path: Path) -> Path:
-    """Grouped bars: avg@k per benchmark per run, with the 95% CI as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_accuracy(runs: Sequence[tuple[str, Mapping[str, Any]]], path: Path,
+                  ylabel: str = "avg@k accuracy (%), 95% CI") -> Path:
+    """Grouped bars: avg@k per benchmark per run (``results.json``'s ``benchmarks``, and its
+    ``macro`` where a run has one), with the 95% CI as error bars. ``sgpo report`` and
+    ``sgpo demo`` both draw with it."""
     import numpy as np
 
-    cols = benchmark_columns(runs) + ["macro"]
+    plt = pyplot()
+    cols = benchmark_columns(runs) + (["macro"] if any(res.get("macro") for _, res in runs) else [])
     width = 0.8 / max(len(runs), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) * max(len(runs), 1) * 0.6), 4.0))
     x = np.arange(len(cols))
@@ -145,8 +157,8 @@ def plot_accuracy(runs: Sequence[tuple[str, Mapping[str, Any]]], path: Path) -> 
         err = [[100 * (e["avg@k"] - e["ci95"][0]) if e and e.get("ci95") else 0 for e in entries],
                [100 * (e["ci95"][1] - e["avg@k"]) if e and e.get("ci95") else 0 for e in entries]]
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, ys, width, yerr=err, capsize=3, label=label)
-    ax.set_xticks(x, cols, rotation=20)
-    ax.set_ylabel("avg@k accuracy (%), 95% CI")
+    ax.set_xticks(x, cols, rotation=20 if len(cols) > 1 else 0)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -156,11 +168,7 @@ def plot_accuracy(runs: Sequence[tuple[str, Mapping[str, Any]]], path: Path) -> 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], out_dir: Path, label: str) -> list[Path]:
     """One PNG per group of up to four numeric metrics, each metric in its own panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     for g, keys in enumerate(curve_groups(history)):
         fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3.0), squeeze=False)
