@@ -122,16 +122,6 @@ def read_records(source: str | os.PathLike, split: str = "train") -> list[dict[s
     return [dict(r) for r in ds]
 
 
-def require_field(rec: dict[str, Any], field: str, source: str, row: int, *, allow_empty: bool = False) -> Any:
-    """Return ``rec[field]`` or raise a :class:`DataError` naming source, row and field."""
-    if field not in rec or rec[field] is None:
-        raise DataError(source, f"missing required field (row has {sorted(rec)})", row=row, field=field)
-    value = rec[field]
-    if not allow_empty and isinstance(value, str) and not value.strip():
-        raise DataError(source, "empty value", row=row, field=field)
-    return value
-
-
 class WriteError(UserError):
     """A write that could not complete (disk full, file too large, read-only folder). What
     was written before it is intact; the partial write itself has been undone."""
@@ -237,9 +227,9 @@ def repair_jsonl_tail(path: str | os.PathLike) -> bool:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see the old file
-    or the new one, never a half-written one; on failure the old file is untouched and a
-    :class:`WriteError` is raised."""
+    """Write to a temp file in the same folder, fsync, rename, fsync the folder: readers see
+    the old file or the new one, never a half-written one, and after a power loss the rename
+    itself is on disk; on failure the old file is untouched and a :class:`WriteError` is raised."""
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
@@ -255,9 +245,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise WriteError(path, e) from None
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except (OSError, AttributeError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

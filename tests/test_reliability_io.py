@@ -29,6 +29,19 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "r.json").read_text()) == recs
 
 
+def test_an_atomic_write_flushes_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """The rename is a change of the folder: without fsyncing the folder a power loss can lose
+    it even though the file's bytes were flushed."""
+    import stat
+
+    real_fsync, real_replace, events = os.fsync, os.replace, []
+    monkeypatch.setattr(io.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode)
+                                                                  else "file"), real_fsync(fd))[1])
+    write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert events == ["file", "rename", "dir"]
+
+
 FULL_DISK = textwrap.dedent("""
     import json, resource, sys
     resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))  # the disk is full at 10 kB

@@ -69,10 +69,6 @@ class DemoSettings:
                    prompts_per_step=4, samples_per_problem=6, group_guided=2, max_new_tokens=48, learning_rate=3e-5,
                    train_temperature=0.7, top_k=32)
 
-    @classmethod
-    def quick(cls) -> "DemoSettings":
-        return cls.for_model("smollm2", quick=True)
-
     @property
     def prompt(self) -> dict[str, Any]:
         """The prompt format as a training config's data section: the world is pre-trained with
