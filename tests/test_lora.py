@@ -141,6 +141,59 @@ def test_teacher_initial_is_the_policy_with_its_adapter_off(tiny_model_dir):
         assert not torch.allclose(a.teacher_logp, r.teacher_logp, atol=1e-4)  # the adapter is back on after
 
 
+def test_the_step_scores_teacher_initial_with_the_adapter_off(tiny_model_dir):
+    """The trainer's phase (sgpo.trainer.methods.attach_teacher_targets) with
+    ``teacher_adapter_off``: the distilled tokens' targets are the starting model's; without
+    the flag they are the adapted policy's (``teacher: rollout``)."""
+    from sgpo.trainer import methods
+    from sgpo.trainer.batch import TrainSequence
+    from sgpo.trainer.config import AlgorithmConfig
+    from sgpo.trainer.rollouts import teacher_targets
+
+    lm, initial = _perturbed_adapter(tiny_model_dir), _tiny(tiny_model_dir)
+    algo = AlgorithmConfig(top_k=8)
+
+    def targets(adapter_off):
+        seqs = [TrainSequence([5, 6], [11, 12, 13], "distill", teacher_prompt_ids=[5, 9, 9, 6])]
+        ctx = methods.StepContext(None, None, lm, lm, algo, None, 0, 2, 3, teacher_adapter_off=adapter_off)
+        methods.attach_teacher_targets(ctx, seqs)
+        return seqs[0].teacher_logp
+
+    ref = teacher_targets(initial, [[5, 9, 9, 6]], [[11, 12, 13]], top_k=8, pad_id=0, batch_size=2, chunk_size=3)[0]
+    adapted = teacher_targets(lm, [[5, 9, 9, 6]], [[11, 12, 13]], top_k=8, pad_id=0, batch_size=2, chunk_size=3)[0]
+    torch.testing.assert_close(targets(True), ref.teacher_logp, rtol=0, atol=1e-6)
+    torch.testing.assert_close(targets(False), adapted.teacher_logp, rtol=0, atol=1e-6)
+    assert not torch.allclose(ref.teacher_logp, adapted.teacher_logp, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_updates_run_in_train_mode_so_gradient_checkpointing_recomputes(tmp_path, tiny_model_dir, checkpointing):
+    """The update's forward runs in train mode (LoRA dropout and gradient checkpointing act
+    only there), rollouts in eval mode. Before, the model stayed in eval mode (from_pretrained
+    and the HF generator set it), so model.gradient_checkpointing saved no memory: a decoder
+    layer's attention ran once per micro-batch either way. Now it runs twice with checkpointing
+    (forward, then recomputed in backward), once without."""
+    from sgpo.models import load_tokenizer
+    from sgpo.trainer.trainer import PhaseTimer, Trainer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    cfg = load_config(None, _sets(tmp_path, tiny_model_dir, "grpo", "training.max_steps=1", "system.micro_batch_size=64",
+                                  f"model.gradient_checkpointing={str(checkpointing).lower()}"))
+    trainer = Trainer(cfg, problems=build_problems(ROWS, "test"), model=_tiny(tiny_model_dir), tokenizer=tok,
+                      generator=AlternatingGenerator(tok))
+    batch = trainer.rollout(PhaseTimer())
+    assert not trainer.module.training
+    # a pre-hook inside the checkpointed layer.forward (torch stops a recomputation early, once the
+    # tensors backward needs are back, so a hook after a submodule's forward may never run again)
+    attn = trainer.module.lm.get_base_model().model.layers[0].self_attn
+    calls = []
+    handle = attn.register_forward_pre_hook(lambda m, i: calls.append(m.training))
+    trainer.update(batch.sequences)
+    handle.remove()
+    assert calls == [True] * (2 if checkpointing else 1)
+
+
 # -- training every method ------------------------------------------------------------------
 
 STRATEGY = "Add the ones digits, then the tens."
