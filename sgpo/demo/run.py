@@ -125,20 +125,18 @@ def prepare_smollm2(out: Path, s: DemoSettings) -> DemoData:
 
 
 def _train_config(method: str, out: Path, s: DemoSettings, model_path: str, data_path: str = "procedural") -> Any:
-    from sgpo.trainer.config import load_config
+    from sgpo.trainer.config import TrainConfig
 
-    sets = [f"algorithm.method={method}", f"data.path={data_path}", f"model.name_or_path={model_path}",
-            "model.dtype=float32", f"algorithm.samples_per_problem={s.samples_per_problem}", f"algorithm.group_guided={s.group_guided}",
-            f"algorithm.max_new_tokens={s.max_new_tokens}", f"algorithm.top_k={s.top_k}",
-            f"algorithm.temperature={s.train_temperature}",
-            f"training.max_steps={s.steps}", f"training.prompts_per_step={s.prompts_per_step}",
-            f"training.learning_rate={s.learning_rate}", "system.micro_batch_size=32",
-            "system.generation_batch_size=64", f"training.seed={s.seed}", f"run.output_dir={out / 'runs' / method}",
-            f"run.save_steps={max(1, s.steps // 2)}", "run.save_final_model=false"]
-    cfg = load_config(None, sets)
-    for key, value in s.prompt.items():  # the prompt format evaluation uses too (DemoSettings.style)
-        setattr(cfg.data, key, copy.deepcopy(value))
-    return cfg
+    return TrainConfig.build(
+        model={"name_or_path": model_path, "dtype": "float32"},
+        # the prompt format evaluation uses too (DemoSettings.style)
+        data={"path": data_path, **copy.deepcopy(s.prompt)},
+        algorithm={"method": method, "samples_per_problem": s.samples_per_problem, "group_guided": s.group_guided,
+                   "max_new_tokens": s.max_new_tokens, "top_k": s.top_k, "temperature": s.train_temperature},
+        training={"max_steps": s.steps, "prompts_per_step": s.prompts_per_step, "learning_rate": s.learning_rate,
+                  "seed": s.seed},
+        system={"micro_batch_size": 32, "generation_batch_size": 64},
+        run={"output_dir": str(out / "runs" / method), "save_steps": max(1, s.steps // 2), "save_final_model": False})
 
 
 def _evaluate(model: Any, tok: Any, rows: list[dict], label: str, out: Path, s: DemoSettings) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from those comments (:func:`reference_markdown`)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import re
@@ -161,6 +162,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def build(cls, **sections: dict[str, Any]) -> "TrainConfig":
+        """A config from typed values, section by section, exactly as a YAML file is read:
+        ``TrainConfig.build(algorithm={"method": "grpo"}, data={"path": "train.jsonl"})``.
+        Unknown sections and keys are errors naming them (and where a key moved); call
+        :meth:`validate` (the trainer does) for types, ranges and choices."""
+        return apply_overrides(cls(), sections)
+
+    def replace(self, **sections: dict[str, Any]) -> "TrainConfig":
+        """A copy with the given ``section={key: value}`` fields changed, as :meth:`build`."""
+        return apply_overrides(copy.deepcopy(self), sections)
 
     def validate(self) -> "TrainConfig":
         a, t, s, loss = self.algorithm, self.training, self.system, self.loss
