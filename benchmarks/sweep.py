@@ -333,6 +333,18 @@ def check_budget(cell: Cell, v: Variant, spp: dict[str, float], budget: int) -> 
         raise SystemExit(f"{cell.id}: spent {spp} trajectories per problem and step, not the budget {budget}")
 
 
+def capability(model: Any, tok: Any, data: dict[str, Path]) -> dict[str, Any]:
+    """The initial model's axes for the claims' dials (sgpo.world.capability): per-token NLL of
+    the training split's strong traces (in the setting's trace style) and execution accuracy on
+    ``heldout`` when the procedure is given."""
+    from sgpo.io import read_jsonl_tolerant
+    from sgpo.world.capability import execution_accuracy, trace_nll
+
+    return {"trace_nll": trace_nll(model, tok, read_jsonl_tolerant(data["train"]))["nll_per_token"],
+            "execution": execution_accuracy(model, tok, read_jsonl_tolerant(data["heldout"]))["accuracy"],
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def run_cell(cell: Cell, cells_dir: Path, work: Path) -> dict[str, Any]:
     import torch
 
@@ -360,7 +372,7 @@ def run_cell(cell: Cell, cells_dir: Path, work: Path) -> dict[str, Any]:
         splits["heldout-guided"] = evaluate_split(model, tok, data["heldout"], "heldout-guided", s, cell.seed,
                                                   out / "eval", guided=True)
         probe = evaluate_split(model, tok, data["probe-test"], "probe-test", s, cell.seed, out / "eval")
-        rec.update(splits=splits, probe_accuracy=probe["avg@k"])
+        rec.update(splits=splits, probe_accuracy=probe["avg@k"], capability=capability(model, tok, data))
     else:
         from sgpo.trainer.trainer import train
 

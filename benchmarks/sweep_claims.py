@@ -6,6 +6,7 @@ group of settings; nothing runs unless named, the issue-16 setting ``pair`` stay
 
     PYTHONPATH=. nice -n 19 python benchmarks/sweep.py status --settings claims
     PYTHONPATH=. nice -n 19 python benchmarks/sweep.py run --settings trace --jobs 2 --until 15:35
+    PYTHONPATH=. python benchmarks/claims_report.py        # the dials' tables, from the cells
 
 Groups: ``trace`` (trace styles T0-T5), ``kl`` (KL vs imitation with partial strategies and
 G_g), ``proximal`` (updates per rollout x learning rate x constraint), ``quality`` (wrong or

@@ -100,3 +100,59 @@ def test_trace_style_reaches_the_cells_only_through_the_problem_files(tmp_path):
     share = sum(r["strategy_quality"] == "wrong" for r in rows) / len(rows)
     assert 0.2 < share < 0.4
     assert json.dumps(sweep.SETTINGS["quality-w30"].tasks) == '{"strategy_wrong_share": 0.3}'
+
+
+def test_initial_cells_record_the_dials_axes(tmp_path):
+    """An initial cell's capability: the per-token NLL of its own setting's traces (T2 here) and
+    execution accuracy, from the same functions benchmarks/world_dials.py uses."""
+    from sgpo.io import read_jsonl_tolerant
+    from sgpo.world.capability import trace_nll
+    from sgpo.world.pretrain import PretrainSpec, WorldConfig, build_model
+    from sgpo.world.tokenizer import build_tokenizer
+
+    s = sweep.SETTINGS["trace-T2"]
+    data = sweep.write_data(s, 0, tmp_path)
+    tok = build_tokenizer(sweep.world_of(s, 0).tasks)
+    model = build_model(WorldConfig(pretrain=PretrainSpec(hidden_size=16, num_layers=1, num_heads=2,
+                                                          intermediate_size=32)), tok)
+    cap = sweep.capability(model, tok, data)
+    rows = read_jsonl_tolerant(data["train"])
+    assert all(r["teacher_response"].count(":") == 1 for r in rows)  # T2: answer only
+    assert cap["trace_nll"] == pytest.approx(trace_nll(model, tok, rows)["nll_per_token"])
+    assert 0.0 <= cap["execution"] <= 1.0 and cap["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def _cell(setting, variant, seed, acc, **extra):
+    phase = "initial" if variant == "initial" else "report"
+    rec = {"cell": f"{setting}/{phase}/{variant}/seed-{seed}", "setting": setting, "phase": phase, "variant": variant,
+           "seed": seed, "splits": {sp: {"avg@k": acc} for sp in ("heldout", "transfer", "heldout-guided")}}
+    rec.update(extra)
+    return rec
+
+
+def test_claims_report_from_cells(tmp_path):
+    import claims_report
+
+    cells = [_cell("pair", "sgpo", s, 0.6 + 0.01 * s) for s in range(5)]
+    for style, nll, sft in (("T0", 0.1, 0.95), ("T2", 5.0, 0.3), ("T4", 4.0, 0.5)):
+        name = f"trace-{style}"
+        cells += [_cell(name, "initial", s, 0.07, capability={"trace_nll": nll, "execution": 1.0}) for s in range(5)]
+        cells += [_cell(name, "sft", s, sft + 0.01 * s) for s in range(5)]
+    rising = [[i, 0.9] for i in range(1, 31)]
+    falling = [[i, 0.9 if i < 10 else 0.2] for i in range(1, 31)]
+    curve = [{"step": 10 * i, "accuracy": 0.1 * i} for i in range(1, 4)]
+    cells += [_cell("prox-u8-lr1e-03", "sgpo-none", s, 0.1, metrics={"p_guided": falling}, curve=curve) for s in range(5)]
+    cells += [_cell("prox-u8-lr1e-03", "sgpo", s, 0.5, metrics={"p_guided": rising}, curve=curve) for s in range(5)]
+    d = tmp_path / "cells"
+    for rec in cells:
+        p = d / f"{rec['cell']}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(rec))
+    claims_report.report(d, tmp_path / "claims.md")
+    text = (tmp_path / "claims.md").read_text()
+    data = json.loads((tmp_path / "claims.json").read_text())
+    assert data["trace_axis"]["styles"] == 3 and data["trace_axis"]["spearman"] == pytest.approx(-1.0)
+    trace = data["tests"]["trace: SGPO minus each trace-imitating method"]
+    t2 = [t for t in trace if t["b"] == "trace-T2/sft" and t["split"] == "heldout"][0]
+    assert t2["a"] == "pair/sgpo" and t2["mean_diff"] == pytest.approx(0.3) and t2["significant"]
+    assert "| prox-u8-lr1e-03 | sgpo-none | 5 | 5 |" in text and "| prox-u8-lr1e-03 | sgpo | 5 | 0 |" in text

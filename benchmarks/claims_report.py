@@ -1,0 +1,224 @@
+"""Tables of the claims' dials (issue 17), rebuilt from the committed cells alone, in the form the
+predictions of benchmarks/results/claims-plan.md are stated in. The verdict per claim is
+written by a person against the plan; these tables are what it is read from.
+
+    PYTHONPATH=. python benchmarks/claims_report.py --out benchmarks/results/claims.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep  # noqa: E402
+from _results import write_results  # noqa: E402
+
+from sgpo.evaluation import stats  # noqa: E402
+
+SPLITS = ("heldout", "transfer")
+ALPHA = 0.05
+
+
+def _cells(done: dict[str, dict], setting: str, variant: str) -> dict[int, dict]:
+    phase = "initial" if variant == "initial" else "report"
+    return {r["seed"]: r for r in done.values()
+            if r["setting"] == setting and r["phase"] == phase and r["variant"] == variant}
+
+
+def _acc(cells: dict[int, dict], split: str) -> list[float]:
+    return [c["splits"][split]["avg@k"] for c in cells.values() if split in c.get("splits", {})]
+
+
+def _ms(values: list[float], scale: float = 100.0) -> str:
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.fmean(values):.1f} ± {scale * sd:.1f}"
+
+
+def paired(done: dict[str, dict], a: tuple[str, str], b: tuple[str, str], split: str) -> dict[str, Any] | None:
+    """(setting, variant) a minus b on ``split``, paired by seed; None below two common seeds."""
+    ca, cb = _cells(done, *a), _cells(done, *b)
+    seeds = sorted(s for s in set(ca) & set(cb) if split in ca[s].get("splits", {}) and split in cb[s].get("splits", {}))
+    if len(seeds) < 2:
+        return None
+    x = [ca[s]["splits"][split]["avg@k"] for s in seeds]
+    y = [cb[s]["splits"][split]["avg@k"] for s in seeds]
+    return {"a": "/".join(a), "b": "/".join(b), "split": split, "seeds": seeds, **stats.paired_t_test(x, y)}
+
+
+def _holm(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    adjusted = stats.holm({str(i): t["p"] for i, t in enumerate(tests)})
+    for i, t in enumerate(tests):
+        t["p_holm"] = adjusted[str(i)]
+        t["significant"] = t["p_holm"] < ALPHA
+    return tests
+
+
+def _comparisons(title: str, tests: list[dict[str, Any]]) -> list[str]:
+    tests = [t for t in tests if t is not None]
+    lines = [f"### {title}", ""]
+    if not tests:
+        return lines + ["No comparison has two seeds in common yet.", ""]
+    _holm(tests)
+    lines += [f"Paired by seed, absolute points; p: paired t test; Holm over the {len(tests)} tests of this table.", "",
+              "| a | b | split | seeds | a - b | p | p (Holm) | significant |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for t in tests:
+        lines.append(f"| {t['a']} | {t['b']} | {t['split']} | {t['n']} | {100 * t['mean_diff']:+.1f} | {t['p']:.3g} | "
+                     f"{t['p_holm']:.3g} | {'yes' if t['significant'] else 'no'} |")
+    return lines + [""]
+
+
+def results_table(done: dict[str, dict], settings: list[str]) -> list[str]:
+    """Per setting: the initial model's axes (trace NLL, execution, p_a, p_g) and every variant's
+    accuracy (mean ± sd over seeds, %)."""
+    lines = ["| setting | variant | seeds | " + " | ".join(SPLITS) + " | initial trace NLL | execution | p_a | p_g |",
+             "|---|---|---:|" + "---:|" * len(SPLITS) + "---:|---:|---:|---:|"]
+    for name in settings:
+        init = _cells(done, name, "initial")
+        cap = [c["capability"] for c in init.values() if "capability" in c]
+        axes = [_ms([c["trace_nll"] for c in cap], 1.0), _ms([c["execution"] for c in cap]), _ms(_acc(init, "heldout")),
+                _ms([c["splits"]["heldout-guided"]["avg@k"] for c in init.values() if "heldout-guided" in c["splits"]])]
+        for v in sweep.setting_variants(sweep.SETTINGS[name]):
+            cells = _cells(done, name, v.label)
+            lines.append(f"| {name} | {v.label} | {len(cells)} | " + " | ".join(_ms(_acc(cells, sp)) for sp in SPLITS)
+                         + " | " + " | ".join(axes) + " |")
+    return lines + [""]
+
+
+def collapse(cell: dict[str, Any], window: int = 5) -> bool:
+    """Guided success collapsed: a later window's mean ``p_guided`` (the step's own problems;
+    the fixed training probe of the plan is not built) below half of the first window's."""
+    series = [v for _, v in cell.get("metrics", {}).get("p_guided", [])]
+    if len(series) < 2 * window:
+        return False
+    means = [statistics.fmean(series[i : i + window]) for i in range(0, len(series) - window + 1, window)]
+    return any(m < 0.5 * means[0] for m in means[1:])
+
+
+def proximal_table(done: dict[str, dict]) -> list[str]:
+    lines = ["| setting | variant | seeds | collapsed | peak | final | area under the curve |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name in sweep.GROUPS["proximal"]:
+        for v in sweep.setting_variants(sweep.SETTINGS[name]):
+            cells = _cells(done, name, v.label)
+            if not cells:
+                continue
+            curves = [[p["accuracy"] for p in c["curve"]] for c in cells.values() if c.get("curve")]
+            lines.append(f"| {name} | {v.label} | {len(cells)} | {sum(collapse(c) for c in cells.values())} | "
+                         f"{_ms([max(c) for c in curves])} | {_ms([c[-1] for c in curves])} | "
+                         f"{_ms([statistics.fmean(c) for c in curves])} |")
+    return lines + [""]
+
+
+def dial_tests(done: dict[str, dict]) -> dict[str, list[dict[str, Any] | None]]:
+    """The comparisons each prediction of the plan is stated in."""
+    out: dict[str, list[dict[str, Any] | None]] = {}
+    trace = []
+    for name in sweep.GROUPS["trace"]:
+        sg = (name, "sgpo") if "sgpo" in sweep.SETTINGS[name].variants else ("pair", "sgpo")
+        for v in sweep.SETTINGS[name].variants:
+            if v.startswith(("sft", "luffy")):
+                trace += [paired(done, sg, (name, v), sp) for sp in SPLITS]
+    out["trace: SGPO minus each trace-imitating method"] = trace
+    out["kl: SGPO minus imitation"] = [paired(done, (n, "sgpo"), (n, "imitation"), sp)
+                                       for n in sweep.GROUPS["kl"] for sp in SPLITS]
+    quality = []
+    for name in sweep.GROUPS["quality"]:
+        vs = sweep.SETTINGS[name].variants
+        for v in vs:
+            ref = "sgpo-all-constant" if v.startswith("sgpo-all") else "sgpo-constant"
+            if v != ref and ref in vs and "constant" not in v:
+                quality.append(paired(done, (name, v), (name, ref), "heldout"))
+    out["quality: each adaptive weight minus constant (same distill_on)"] = quality
+    comp = []
+    for name in sweep.GROUPS["competence"]:
+        vs = sweep.SETTINGS[name].variants
+        if "sgpo-constant" in vs:
+            comp += [paired(done, (name, v), (name, "sgpo-constant"), "heldout") for v in vs if v.startswith("sgpo")
+                     and v != "sgpo-constant"]
+            comp.append(paired(done, (name, "sgpo"), (name, "grpo"), "heldout"))
+    out["competence: adaptive minus constant, SGPO minus GRPO"] = comp
+    cap = []
+    for name in sweep.GROUPS["capacity"]:
+        for base in ("grpo", "sft", "imitation"):
+            cap.append(paired(done, (name, "sgpo"), (name, base), "heldout"))
+    out["capacity: SGPO minus each baseline"] = cap
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Rank correlation (ties by mean rank); None below three points."""
+    if len(x) < 3:
+        return None
+
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return num / den if den else None
+
+
+def trace_axis(done: dict[str, dict]) -> dict[str, Any]:
+    """SFT's held-out accuracy against the initial student's trace NLL over the styles (the
+    plan's prediction (a): a negative rank correlation)."""
+    nll, acc = [], []
+    for name in sweep.GROUPS["trace"]:
+        cap = [c["capability"]["trace_nll"] for c in _cells(done, name, "initial").values() if "capability" in c]
+        sft = _acc(_cells(done, name, "sft"), "heldout")
+        if cap and sft:
+            nll.append(statistics.fmean(cap))
+            acc.append(statistics.fmean(sft))
+    return {"styles": len(nll), "nll": nll, "sft_heldout": acc, "spearman": spearman(nll, acc)}
+
+
+def report(cells_dir: Path, out: Path) -> int:
+    done = sweep.load_cells(cells_dir)
+    text = ["# The claims' dials: results", "",
+            f"Rebuilt from the {len(done)} cells in `{cells_dir.name}/` by `python benchmarks/claims_report.py`. Grids "
+            "and predictions: `benchmarks/results/claims-plan.md` (committed before these results).", ""]
+    data: dict[str, Any] = {"cells": len(done)}
+    for group in ("trace", "kl", "proximal", "quality", "competence", "capacity"):
+        text += [f"## {group}", ""] + results_table(done, list(sweep.GROUPS[group]))
+        if group == "proximal":
+            text += proximal_table(done)
+    ax = trace_axis(done)
+    rho = "—" if ax["spearman"] is None else f"{ax['spearman']:+.2f}"
+    text += ["## The trace dial's axis", "", f"Spearman rank correlation of SFT's held-out accuracy with the initial "
+             f"student's trace NLL over {ax['styles']} styles: {rho} (the plan predicts it negative).", ""]
+    data["trace_axis"] = ax
+    data["tests"] = {}
+    for title, tests in dial_tests(done).items():
+        text += _comparisons(title, [t for t in tests if t is not None])
+        data["tests"][title] = [t for t in tests if t is not None]
+    write_results(out, "\n".join(text), data)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells-dir", default=str(sweep.CELLS_DIR))
+    ap.add_argument("--out", default=str(sweep.ROOT / "benchmarks" / "results" / "claims.md"))
+    args = ap.parse_args()
+    return report(Path(args.cells_dir), Path(args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
