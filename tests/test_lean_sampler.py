@@ -212,7 +212,7 @@ def test_sampled_tokens_have_the_log_probs_the_trainer_computes(world_tok):
     sampling = SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=20)
     out = sampler.sample(prompts, [5, 3, 4], sampling, batch_size=7, generator=torch.Generator().manual_seed(0),
                          return_logprobs=True)
-    flat = [(prompts[i], ids, lp) for i, group in enumerate(out) for ids, _, lp in group]
+    flat = [(prompts[i], ids, lp) for i, group in enumerate(out) for ids, _, lp, _ in group]
     assert len({len(ids) for _, ids, _ in flat}) > 3  # rows of many lengths: some stopped early
     want = old_logprobs(model, [p for p, _, _ in flat], [c for _, c, _ in flat], [None] * len(flat),
                         pad_id=world_tok.pad_token_id, batch_size=16, chunk_size=64, temperature=0.7)
@@ -250,3 +250,64 @@ def test_config_names_the_sampler():
     assert load_config(None, ["data.path=x"]).system.generation_sampler == "lean"
     with pytest.raises(ValueError, match="generation_sampler"):
         load_config(None, ["data.path=x", "system.generation_sampler=fast"]).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("top_k", [5, 0])
+def test_kept_targets_are_the_teacher_pass(world_tok, top_k):
+    """The targets the sampler keeps for a prompt's completions equal what the teacher pass
+    (sgpo.trainer.rollouts.teacher_targets, a full forward over prompt + completion) computes
+    from that prompt: top-k ids, their log-probs, the sampled token's log-prob (K = V at 0)."""
+    from sgpo.trainer.rollouts import teacher_targets
+
+    model = _llama(len(world_tok), seed=2, head_scale=4.0)
+    eos = {world_tok.eos_token_id, world_tok.convert_tokens_to_ids(" the")}
+    sampler = LeanSampler(model, eos, world_tok.pad_token_id)
+    prompts = [world_tok(t)["input_ids"] for t in ("Apply zap to the tag 648 .", "the", "Apply cog to 12 and 9 .")]
+    sampling = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=12)
+    out = sampler.sample(prompts, [3, 2, 3], sampling, batch_size=5, generator=torch.Generator().manual_seed(1),
+                         keep_targets=[True, False, True], top_k=top_k)
+    assert all(row[3] is None for row in out[1])  # not asked
+    rows = [(prompts[i], row) for i in (0, 2) for row in out[i]]
+    want = teacher_targets(model, [p for p, _ in rows], [r[0] for _, r in rows], top_k=top_k,
+                           pad_id=world_tok.pad_token_id, batch_size=4, chunk_size=16, temperature=0.7)
+    for (_, (ids, _, _, (sup, lp, samp))), t in zip(rows, want):
+        assert sup.shape == (len(ids), top_k or len(world_tok))
+        assert torch.equal(sup, t.support_ids)
+        torch.testing.assert_close(lp, t.teacher_logp, atol=2e-5, rtol=0)
+        torch.testing.assert_close(samp, t.teacher_logp_sampled, atol=2e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_sgpo_step_with_kept_targets_skips_the_teacher_pass_and_keeps_the_loss(tiny_model_dir, tmp_path, monkeypatch):
+    """One SGPO step (every guided trajectory distilled) with the sampler's targets and one
+    with the teacher pass, same seed: the same loss and gradient norm, and the teacher pass
+    does not run for the first."""
+    from sgpo.data import build_problems
+    from sgpo.trainer import methods
+    from sgpo.trainer.config import load_config
+    from sgpo.trainer.trainer import Trainer
+
+    calls = []
+    teacher_targets = methods.teacher_targets
+    monkeypatch.setattr(methods, "teacher_targets", lambda *a, **k: calls.append(len(a[1])) or teacher_targets(*a, **k))
+    rows = [{"id": str(i), "problem": f"What is {i} + {i}?", "answer": str(2 * i),
+             "strategy": "Double the number."} for i in range(4)]
+    results = {}
+    for kept in (True, False):
+        cfg = load_config(None, ["data.path=x", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
+                                 "algorithm.samples_per_problem=4", "algorithm.group_guided=2",
+                                 "algorithm.max_new_tokens=6", "algorithm.weight_mode=constant",
+                                 "algorithm.distill_on=all", "algorithm.top_k=8", "training.prompts_per_step=2",
+                                 "training.max_steps=1", "run.save_steps=0", "run.save_final_model=false",
+                                 "run.progress=false", f"system.sampler_teacher_targets={str(kept).lower()}",
+                                 f"run.output_dir={tmp_path / str(kept)}"])
+        trainer = Trainer(cfg, problems=build_problems(rows, "t"))
+        calls.clear()
+        trainer.train_step(type("Bar", (), {"update": lambda *a: None, "set_postfix": lambda *a, **k: None})())
+        results[kept] = (trainer.history[-1], list(calls))
+    (with_kept, calls_kept), (with_pass, calls_pass) = results[True], results[False]
+    assert with_pass["distill/tokens"] > 0 and calls_pass and not calls_kept
+    assert with_kept["distill/tokens"] == with_pass["distill/tokens"]
+    assert with_kept["loss"] == pytest.approx(with_pass["loss"], abs=1e-6)
+    assert with_kept["grad_norm"] == pytest.approx(with_pass["grad_norm"], rel=1e-5)

@@ -33,6 +33,10 @@ class Completion:
     # [T] the engine's log-prob of each sampled token under the distribution it sampled from
     # (vLLM: after temperature and top-p); None where the engine reports none (hf)
     logprobs: list[float] | None = None
+    # (support ids [T, K], their log-probs [T, K], the sampled token's log-prob [T]) under
+    # softmax(logits / T) of the context the completion was sampled in, before top-p: what the
+    # teacher pass would compute there. Kept by the lean sampler when asked (keep_targets)
+    context_targets: tuple[Any, Any, Any] | None = None
 
 
 class Generator(Protocol):

@@ -98,15 +98,19 @@ class HFGenerator:
         self.show_progress = show_progress
         self.eos_ids = _eos_ids(model, tokenizer)
         self.lean = lean_sampler_for(model, self.eos_ids, tokenizer.pad_token_id) if sampler == "lean" else None
+        # the lean sampler fills Completion.context_targets of the prompts generate(keep_targets=) names
+        self.keeps_context_targets = self.lean is not None
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
-                 n: int | Sequence[int] = 1) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, n: int | Sequence[int] = 1,
+                 keep_targets: Sequence[bool] | None = None, top_k: int = 0) -> list[list[Completion]]:
+        """``keep_targets[i]``: keep the top-``top_k`` targets of prompt i's completions in their
+        sampling context (lean sampler only, see :mod:`sgpo.generation.lean`; ignored otherwise)."""
         tok = self.tokenizer
         ns = counts(prompts, n)
         ids = encode_prompts(tok, prompts)
         if self.lean is not None:
-            return self._generate_lean(ids, ns, sampling)
+            return self._generate_lean(ids, ns, sampling, keep_targets, top_k)
         flat = [ids[i] for i, k in enumerate(ns) for _ in range(k)]
         # longest prompts first keeps padding low inside each batch
         order = sorted(range(len(flat)), key=lambda k: -len(flat[k]))
@@ -143,7 +147,8 @@ class HFGenerator:
         return out
 
 
-    def _generate_lean(self, ids: list[list[int]], ns: list[int], sampling: SamplingConfig) -> list[list[Completion]]:
+    def _generate_lean(self, ids: list[list[int]], ns: list[int], sampling: SamplingConfig,
+                       keep_targets: Sequence[bool] | None, top_k: int) -> list[list[Completion]]:
         device = next(self.model.parameters()).device
         generator = None
         if sampling.seed is not None:
@@ -151,12 +156,13 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            rows = self.lean.sample(ids, ns, sampling, self.batch_size, generator)
+            rows = self.lean.sample(ids, ns, sampling, self.batch_size, generator, keep_targets=keep_targets,
+                                    top_k=top_k)
         finally:
             self.model.train(was_training)
         decode = self.tokenizer.decode
-        return [[Completion(text=decode(t, skip_special_tokens=True), token_ids=t, finish_reason=r) for t, r, _ in group]
-                for group in rows]
+        return [[Completion(text=decode(t, skip_special_tokens=True), token_ids=t, finish_reason=r, context_targets=c)
+                 for t, r, _, c in group] for group in rows]
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,10 @@ building, logits processors, stopping criteria, cache objects), not math. This l
   holds; greedy at temperature 0), from a ``torch.Generator`` seeded with ``sampling.seed``.
 - **Stop per row.** A row ends on its first EOS; finished rows are dropped from the batch once
   they are a quarter of it (each drop copies the cache, so it is batched).
+- **Targets on the way.** For the prompts asked (``keep_targets``), each step's top-k of
+  softmax(logits / T) and the sampled token's log-prob are kept
+  (:func:`sgpo.core.teacher_targets_from_logits`): with ``algorithm.teacher: rollout`` these are
+  SGPO's teacher targets for guided trajectories, which then need no second forward.
 
 The distribution sampled is the model's, softmax(logits / T) restricted to the top-p nucleus,
 the same as ``model.generate`` with the same settings (tests/test_lean_sampler.py checks greedy
@@ -34,6 +38,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from sgpo.core import compute_dtype, teacher_targets_from_logits
 from sgpo.generation.base import SamplingConfig
 
 SUPPORTED = ("LlamaForCausalLM",)  # model classes whose forward this module reproduces
@@ -129,27 +134,31 @@ class LeanSampler:
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Sequence[int]], ns: Sequence[int], sampling: SamplingConfig,
-               batch_size: int, generator: torch.Generator | None = None,
-               return_logprobs: bool = False) -> list[list[tuple[list[int], str, torch.Tensor | None]]]:
+               batch_size: int, generator: torch.Generator | None = None, return_logprobs: bool = False,
+               keep_targets: Sequence[bool] | None = None, top_k: int = 0) -> list[list[tuple]]:
         """``ns[i]`` completions of prompt ``i``: out[i][j] = (token ids, "stop" | "length",
-        log-probs [T] of the sampled tokens under the sampled distribution's logits / T when
-        ``return_logprobs``, else None). Token ids include the EOS a row stopped on."""
+        log-probs [T] of the sampled tokens under logits / T when ``return_logprobs`` else None,
+        targets or None). Token ids include the EOS a row stopped on. Where ``keep_targets[i]``
+        (and T > 0), targets = (top-``top_k`` ids [T, K], their log-probs [T, K], the sampled
+        token's log-prob [T]) of softmax(logits / T), K = V when ``top_k`` is 0."""
         lengths = [len(p) for p in prompts]
         if any(n and not length for n, length in zip(ns, lengths)):
             raise ValueError("the lean sampler needs at least one prompt token per prompt")
         out: list[list[Any]] = [[] for _ in prompts]
+        keep = [bool(k) and sampling.temperature > 0 for k in keep_targets] if keep_targets else [False] * len(ns)
         if sampling.max_new_tokens < 1:
             for i, n in enumerate(ns):
-                out[i] = [([], "length", torch.zeros(0) if return_logprobs else None)] * n
+                out[i] = [([], "length", torch.zeros(0) if return_logprobs else None, None)] * n
             return out
         for groups in plan_batches(lengths, ns, batch_size):
-            for i, row in self._decode(prompts, groups, sampling, generator, return_logprobs):
+            for i, row in self._decode(prompts, groups, sampling, generator, return_logprobs, keep, top_k):
                 out[i].append(row)
         return out
 
     # -- one decode batch -----------------------------------------------------------------------
     def _decode(self, prompts: Sequence[Sequence[int]], groups: list[_Group], sampling: SamplingConfig,
-                generator: torch.Generator | None, return_logprobs: bool) -> list[tuple[int, Any]]:
+                generator: torch.Generator | None, return_logprobs: bool, keep: list[bool],
+                top_k: int) -> list[tuple[int, Any]]:
         device = self.head.weight.device
         width = max(len(prompts[g.prompts[0]]) for g in groups)  # W: the batch's longest prompt
         steps = sampling.max_new_tokens
@@ -181,22 +190,38 @@ class LeanSampler:
             owner += [i for i, c in zip(g.prompts, g.counts) for _ in range(c)]
             row += src.shape[0]
         logits = torch.cat(first_logits)  # [n, V]
+        vocab = logits.shape[-1]
+        k = top_k or vocab
+        kept = [r for r in range(n) if keep[owner[r]]]
+        slot = torch.full((n,), -1, dtype=torch.long, device=device)  # [n] row -> its targets' slot, -1: none
+        slot[kept] = torch.arange(len(kept), device=device)
+        if kept:
+            t_ids = torch.zeros(len(kept), steps, k, dtype=torch.long, device=device)  # [n_kept, T, K]
+            lp_dtype = compute_dtype(logits.dtype)
+            t_lp = torch.zeros(len(kept), steps, k, device=device, dtype=lp_dtype)  # [n_kept, T, K]
+            t_samp = torch.zeros(len(kept), steps, device=device, dtype=lp_dtype)  # [n_kept, T]
         alive = torch.arange(n, device=device)  # [m] original row of each live row
         done = torch.zeros(n, dtype=torch.bool, device=device)  # [m]
         tokens_out = torch.full((n, steps), self.pad_id, dtype=torch.long, device=device)  # [n, T]
-        lp_out = torch.zeros(n, steps, device=device) if return_logprobs else None
+        lp_out = torch.zeros(n, steps, device=device, dtype=compute_dtype(logits.dtype)) if return_logprobs else None
         lengths = torch.full((n,), steps, dtype=torch.long, device=device)  # [n] completion lengths
         stopped = torch.zeros(n, dtype=torch.bool, device=device)
         eos = self.eos.to(device)
         finished = 0  # finished rows still in the batch
         for t in range(steps):
-            logits = logits.float()
+            logits = logits.to(compute_dtype(logits.dtype))  # float32 (float64 for a float64 model)
             tok = next_tokens(logits, sampling, generator)  # [m]
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
             tokens_out[alive, t] = tok
             if lp_out is not None:
                 scale = sampling.temperature if sampling.temperature > 0 else 1.0
                 lp_out[alive, t] = torch.log_softmax(logits / scale, -1).gather(-1, tok[:, None])[:, 0]
+            if kept:
+                s = slot[alive]
+                sel = s >= 0
+                if bool(sel.any()):
+                    lp_k, ids_k, lp_s = teacher_targets_from_logits(logits[sel] / sampling.temperature, k, tok[sel])
+                    t_ids[s[sel], t], t_lp[s[sel], t], t_samp[s[sel], t] = ids_k, lp_k, lp_s
             hit = torch.isin(tok, eos) & ~done  # [m] rows ending on this token
             ended = int(hit.sum())
             if ended:
@@ -222,9 +247,12 @@ class LeanSampler:
             positions = positions + 1
         toks, lens, stop = tokens_out.tolist(), lengths.tolist(), stopped.tolist()
         result = []
+        slots = slot.tolist()
         for r in range(n):
             lp = lp_out[r, :lens[r]].cpu() if lp_out is not None else None
-            result.append((owner[r], (toks[r][:lens[r]], "stop" if stop[r] else "length", lp)))
+            j, T = slots[r], lens[r]
+            targets = (t_ids[j, :T], t_lp[j, :T], t_samp[j, :T]) if j >= 0 else None
+            result.append((owner[r], (toks[r][:T], "stop" if stop[r] else "length", lp, targets)))
         return result
 
     # -- the model's forward, by its own modules --------------------------------------------------

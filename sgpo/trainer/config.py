@@ -113,6 +113,9 @@ class SystemConfig:
     # hf backend: lean (sgpo's KV-cached sampler, one prefill per distinct prompt; Llama models,
     # others fall back to generate, logged once) | generate (transformers model.generate, the reference)
     generation_sampler: str = "lean"
+    # lean sampler with algorithm.teacher: rollout: keep the teacher's top-k targets of guided
+    # trajectories while sampling them (their context is the teacher's) instead of a second forward
+    sampler_teacher_targets: bool = True
     chunk_size: int = 1024  # tokens per LM-head chunk in the fused losses and teacher targets
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the colocated vLLM engine takes
     # colocated vllm: the engine frees its weights and KV cache while the policy trains (woken for

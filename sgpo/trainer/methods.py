@@ -71,6 +71,9 @@ class StepContext:
     gather: Callable[[list], list] = local_gather
     rewards: RewardFunctions = field(default_factory=RewardFunctions)  # the run's reward functions (reward section)
     teacher_adapter_off: bool = False  # LoRA with teacher: initial: the teacher is the policy with its adapter off
+    # system.sampler_teacher_targets: take the teacher targets of guided trajectories from the
+    # sampler where it keeps them (teacher: rollout, the lean sampler)
+    sampler_targets: bool = True
 
     @property
     def spec(self) -> MethodSpec:
@@ -143,7 +146,11 @@ def sample(ctx: StepContext, problems: list[Problem], seed: int | None) -> StepR
     if guided:
         requests.append((guided_ids, budget.guided))
     sampling = SamplingConfig(algo.temperature, algo.top_p, algo.max_new_tokens, seed)
-    groups = generate_groups(ctx.generator, requests, sampling)
+    # guided rollouts are sampled in the teacher's context: with the rollout policy as teacher
+    # the sampler's own distributions are the teacher targets (no second forward)
+    keep = [False, spec.guided == "distill" and ctx.sampler_targets and ctx.teacher is ctx.policy
+            and not ctx.teacher_adapter_off]
+    groups = generate_groups(ctx.generator, requests, sampling, keep_targets=keep, top_k=algo.top_k)
     auto = Rollouts(auto_ids, groups[0])
     guided_rollouts = None
     if guided:  # spread the sampled rows back over all B problems
@@ -282,16 +289,19 @@ def sequences(ctx: StepContext, r: StepRollouts, rewards: Rewards, adv: Advantag
             if spec.guided == "nll":  # imitation: lambda w_i NLL of the trajectory under the unguided prompt
                 seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "nll", weight=float(w[b]), guided=True))
             else:  # student: unguided prompt; teacher: the strategy-conditioned prompt it was sampled in
-                seqs.append(TrainSequence(r.auto.prompt_ids[b], tokens, "distill", weight=float(w[b]), guided=True,
-                                          teacher_prompt_ids=r.guided.prompt_ids[b]))
+                seq = TrainSequence(r.auto.prompt_ids[b], tokens, "distill", weight=float(w[b]), guided=True,
+                                    teacher_prompt_ids=r.guided.prompt_ids[b])
+                if r.guided.completions[b][g].context_targets is not None:  # kept by the sampler (see sample)
+                    seq.support_ids, seq.teacher_logp, seq.teacher_logp_sampled = r.guided.completions[b][g].context_targets
+                seqs.append(seq)
     return seqs
 
 
 # -- 6. teacher targets and old log-probs (no gradient) --------------------------------------
 def attach_teacher_targets(ctx: StepContext, seqs: list[TrainSequence]) -> None:
     """Teacher distributions over every distilled token, from the strategy-conditioned context,
-    computed once right after generation."""
-    todo = [s for s in seqs if s.role == "distill"]
+    computed once right after generation (unless the sampler kept them, :func:`sample`)."""
+    todo = [s for s in seqs if s.role == "distill" and s.support_ids is None]
     if not todo:
         return
     with adapter_disabled(ctx.teacher) if ctx.teacher_adapter_off else nullcontext():

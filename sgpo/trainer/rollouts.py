@@ -34,14 +34,21 @@ def render_prompts(tokenizer: Any, problems: Sequence[Problem], guided: bool,
 
 
 def generate_groups(generator: Generator, requests: list[tuple[list[list[int]], int]],
-                    sampling: SamplingConfig) -> list[list[list[Completion]]]:
+                    sampling: SamplingConfig, keep_targets: Sequence[bool] = (),
+                    top_k: int = 0) -> list[list[list[Completion]]]:
     """Sample several sets of prompts, each with its own group size, in ONE generation call
     (autonomous and guided rollouts share batches). ``requests``: (prompt token ids, n); the
     generator gets the ids the losses score, not text it would tokenize again. Returns per
-    request completions[b][g] with b < len(prompts), g < n."""
+    request completions[b][g] with b < len(prompts), g < n. ``keep_targets[r]``: ask a
+    generator that can (``keeps_context_targets``) for request r's top-``top_k`` targets in
+    the sampling context (``Completion.context_targets``)."""
     prompts = [p for ps, _ in requests for p in ps]
     ns = [n for ps, n in requests for _ in ps]
-    flat = generator.generate(prompts, sampling, n=ns) if prompts else []
+    keep = [k for (ps, _), k in zip(requests, list(keep_targets) + [False] * len(requests)) for _ in ps]
+    kw: dict[str, Any] = {}
+    if any(keep) and getattr(generator, "keeps_context_targets", False):
+        kw = {"keep_targets": keep, "top_k": top_k}
+    flat = generator.generate(prompts, sampling, n=ns, **kw) if prompts else []
     out, start = [], 0
     for ts, _ in requests:
         out.append(flat[start:start + len(ts)])

@@ -232,7 +232,8 @@ class Trainer:
         adapter_off = self.cfg.model.lora.enabled and self.cfg.algorithm.teacher == "initial"
         return StepContext(self.tokenizer, self._generator(lm), lm, teacher, self.cfg.algorithm, self.cfg.loss,
                            self.pad_id, system.micro_batch_size, system.chunk_size, self.cfg.data.style(), gather,
-                           self.reward_functions, teacher_adapter_off=adapter_off)
+                           self.reward_functions, teacher_adapter_off=adapter_off,
+                           sampler_targets=system.sampler_teacher_targets)
 
     def rollout(self, timer: PhaseTimer) -> StepBatch:
         """This process's share of the step's problems through the phases of sgpo.trainer.methods."""
