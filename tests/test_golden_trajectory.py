@@ -56,7 +56,7 @@ def _reference_update(model, seqs, frozen, tau):
 @pytest.mark.slow
 def test_three_steps_match_the_reference_loop(tmp_path):
     from sgpo.models import load_model, load_tokenizer
-    from sgpo.trainer.config import load_config
+    from sgpo.trainer.config import TrainConfig
     from sgpo.trainer.trainer import Trainer
     from sgpo.world.pretrain import world_model_path
     from sgpo.world.tasks import WorldSpec, make_problems
@@ -65,13 +65,12 @@ def test_three_steps_match_the_reference_loop(tmp_path):
     path = str(world_model_path())
     data = tmp_path / "train.jsonl"
     write_jsonl(data, make_problems(WorldSpec(), 24, seed=0, split="train"))
-    cfg = load_config(None, [f"data.path={data}", f"model.name_or_path={path}", "model.dtype=float32",
-                             "algorithm.samples_per_problem=8", "algorithm.group_guided=4", "algorithm.top_k=0",
-                             "algorithm.max_new_tokens=32", "algorithm.mini_batches=2",
-                             f"training.learning_rate={LR}", f"training.warmup_steps={WARMUP}",
-                             f"training.max_grad_norm={CLIP}", f"training.max_steps={STEPS}",
-                             "training.prompts_per_step=4", "training.seed=1", "run.progress=false",
-                             "run.save_steps=0", "run.save_final_model=false", f"run.output_dir={tmp_path / 'run'}"])
+    cfg = TrainConfig.build(
+        data={"path": str(data)}, model={"name_or_path": path, "dtype": "float32"},
+        algorithm={"samples_per_problem": 8, "group_guided": 4, "top_k": 0, "max_new_tokens": 32, "mini_batches": 2},
+        training={"learning_rate": LR, "warmup_steps": WARMUP, "max_grad_norm": CLIP, "max_steps": STEPS,
+                  "prompts_per_step": 4, "seed": 1},
+        run={"progress": False, "save_steps": 0, "save_final_model": False, "output_dir": str(tmp_path / "run")})
     assert (cfg.algorithm.weight_mode, cfg.algorithm.distill_on, cfg.loss.proximal) == ("marginal", "correct", "c2")
     # float64 on both sides: AdamW turns float32 rounding of tiny gradients into full-size steps
     trainer = Trainer(cfg, model=load_model(path, dtype="float32").double(), tokenizer=load_tokenizer(path))

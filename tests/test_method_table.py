@@ -15,7 +15,7 @@ import torch
 
 from sgpo.data import build_problems
 from sgpo.generation import Completion
-from sgpo.trainer.config import load_config
+from sgpo.trainer.config import TrainConfig, load_config
 from sgpo.trainer.specs import METHODS
 from sgpo.trainer.trainer import PhaseTimer, Trainer
 
@@ -61,11 +61,11 @@ def test_each_method_emits_what_its_entry_declares(method, tmp_path, tiny_model_
     from sgpo.models import load_model, load_tokenizer
 
     spec = METHODS[method]
-    cfg = load_config(None, ["data.path=unused", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
-                             f"algorithm.method={method}", f"algorithm.samples_per_problem={N}",
-                             f"algorithm.group_guided={G_G}", "algorithm.weight_mode=constant",
-                             "algorithm.distill_on=all", "algorithm.top_k=4", "training.prompts_per_step=4",
-                             "run.progress=false", "run.save_steps=0", f"run.output_dir={tmp_path}"])
+    cfg = TrainConfig.build(data={"path": "unused"}, model={"name_or_path": str(tiny_model_dir), "dtype": "float32"},
+                            algorithm={"method": method, "samples_per_problem": N, "group_guided": G_G,
+                                       "weight_mode": "constant", "distill_on": "all", "top_k": 4},
+                            training={"prompts_per_step": 4},
+                            run={"progress": False, "save_steps": 0, "output_dir": str(tmp_path)})
     tok = load_tokenizer(str(tiny_model_dir))
     gen = AlternatingGenerator(tok)
     trainer = Trainer(cfg, problems=build_problems(ROWS, "test", teacher_response_field="teacher_response"),
@@ -132,7 +132,7 @@ def test_old_budget_key_names_its_new_place():
                                                ("grpo", 1, "leaves a group of 1")])
 def test_a_budget_too_small_for_a_group_is_refused(method, n, needle):
     with pytest.raises(ValueError, match=needle):
-        load_config(None, ["data.path=x", f"algorithm.method={method}", f"algorithm.samples_per_problem={n}"]).validate()
+        TrainConfig.build(data={"path": "x"}, algorithm={"method": method, "samples_per_problem": n}).validate()
 
 
 @pytest.mark.slow
@@ -160,3 +160,9 @@ def test_every_method_samples_the_same_trajectories_per_problem_in_the_demo_sett
         assert line["samples/guided"] == (s.group_guided if spec.samples_guided else 0), method
     assert totals.pop("sft") == 0  # samples nothing: trains on the one strong-model trace
     assert totals == {m: float(s.samples_per_problem) for m in totals}, totals
+
+
+def test_every_declared_role_is_a_term_of_the_core_objective():
+    from sgpo.core import ROLES
+
+    assert all(spec.roles <= set(ROLES) for spec in METHODS.values())

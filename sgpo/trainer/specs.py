@@ -15,11 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# roles a trajectory can have in the loss (sgpo.trainer.batch.ROLES): the clipped RL surrogate,
-# LUFFY's shaped off-policy term, plain NLL, the distillation term
-ROLE_NAMES = ("rl", "offpolicy", "nll", "distill")
-
-
 @dataclass(frozen=True)
 class Budget:
     """Trajectories per problem (of a problem with a strategy, for the guided methods)."""
@@ -39,6 +34,8 @@ class MethodSpec:
 
     name: str
     summary: str  # one line for --help and docs
+    # roles are the terms of sgpo.core.policy_objective: rl (clipped surrogate), offpolicy
+    # (LUFFY's shaped term), nll, distill
     auto: str | None = "rl"  # role of the autonomous rollouts; None: none sampled (sft)
     # role of the guided rollouts (None: none sampled): "rl" trains every one in its guided
     # context; "distill" and "nll" train the eligible ones (methods.eligible) under the unguided prompt
