@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class Budget:
     """Trajectories per problem (of a problem with a strategy, for the guided methods)."""
