@@ -260,10 +260,11 @@ def test_every_method_trains_the_adapter_alone(tmp_path, tiny_model_dir, method)
 
 
 @pytest.mark.slow
-def test_final_adapter_and_merged_weights_load_as_models(tmp_path, tiny_model_dir):
+def test_final_adapter_and_merged_weights_load_as_models(tmp_path, tiny_model_dir, capsys):
     """final/ (the adapter) and final/merged (on request) load through sgpo.models.load_model,
-    as `sgpo eval --model` does, and compute the trained policy's logits; a LoRA run's
-    checkpoints hold the adapter's parameters only."""
+    as `sgpo eval --model` does, and compute the trained policy's logits; `sgpo eval --model
+    RUN/final` runs on the adapter folder (and --backend vllm asks for merged weights); a LoRA
+    run's checkpoints hold the adapter's parameters only."""
     from safetensors.torch import load_file
 
     from sgpo.models import check_model_source, context_length, load_model, load_tokenizer
@@ -286,6 +287,19 @@ def test_final_adapter_and_merged_weights_load_as_models(tmp_path, tiny_model_di
             assert not hasattr(model, "peft_config") or not model.peft_config
             torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=0, atol=1e-5)
             assert load_tokenizer(str(folder)).eos_token == tok.eos_token
+    bench = tmp_path / "toy.jsonl"
+    bench.write_text("".join(json.dumps({"id": r["id"], "problem": r["problem"], "answer": r["answer"]}) + "\n"
+                             for r in ROWS[:2]))
+    from sgpo.cli import main
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(res.output_dir / "final"), "--benchmarks", str(bench), "--num-samples", "1",
+            "--max-new-tokens", "4", "--output-dir", str(out), "--no-progress"]
+    assert main(argv) == 0  # `sgpo eval --model RUN/final` on the adapter folder
+    assert json.loads((out / "results.json").read_text())["benchmarks"]["toy"]["n"] == 2
+    capsys.readouterr()
+    assert main([*argv[:-3], "--backend", "vllm", "--output-dir", str(tmp_path / "v")]) == 2
+    assert "LoRA adapter folder; --backend vllm needs merged weights" in capsys.readouterr().err
 
 
 # -- killed and resumed ----------------------------------------------------------------------
