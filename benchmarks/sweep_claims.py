@@ -29,7 +29,7 @@ SELECTIVITY_METRICS = ("p_auto", "p_guided", "distill/kl_mean", "distill/top10_s
 
 # reported seeds per trace style: 10 where the issue asks for them (T0, T2, T4), else 5
 TRACE_SEEDS = {"T0": TEN, "T1": FIVE, "T2": TEN, "T3": FIVE, "T4": TEN, "T5": FIVE}
-PRIOR_BIAS = {"b0": 0.0, "b0.25": 0.25, "b0.55": 0.55}  # calibrated by benchmarks/world_dials.py (claims-plan.md)
+PRIOR_BIAS = {"b0": 0.0, "b0.5": 0.5, "b0.8": 0.8}  # to be confirmed by benchmarks/world_dials.py on seed 0 (claims-plan.md)
 MODELS = {"small": {"hidden_size": 64, "intermediate_size": 128}, "large": {"hidden_size": 256, "intermediate_size": 512},
           "short": {"steps": 350}, "long": {"steps": 1400}}
 
