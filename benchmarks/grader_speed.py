@@ -86,7 +86,7 @@ def threaded_per_call_us(graders: dict[str, Callable[..., float]], calls: int) -
 
 
 def demo_golds() -> list[str]:
-    from sgpo.demo.problems import make_problems  # the procedural problems the demo trains on
+    from sgpo.arithmetic import make_problems  # the procedural problems the demo trains on
 
     return [p["answer"] for p in make_problems(128, seed=0)]
 

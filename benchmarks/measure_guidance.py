@@ -25,7 +25,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sgpo.demo.problems import DEFAULT_FAMILIES, FAMILIES, make_problems  # noqa: E402
+from sgpo.arithmetic import DEFAULT_FAMILIES, FAMILIES, make_problems  # noqa: E402
 from sgpo.generation import SamplingConfig  # noqa: E402
 from sgpo.generation.hf import HFGenerator  # noqa: E402
 from sgpo.models import load_model, load_tokenizer, smollm2_path  # noqa: E402

@@ -62,7 +62,7 @@ def world_trainers(out: Path) -> dict[tuple[str, str], Any]:
 
 def smollm2_trainers(out: Path, samplers: tuple[str, ...]) -> dict[tuple[str, str], Any]:
     from sgpo.data import build_problems
-    from sgpo.demo.problems import make_problems
+    from sgpo.arithmetic import make_problems
     from sgpo.demo.run import DemoSettings, _train_config
     from sgpo.models import load_model, load_tokenizer, smollm2_path
     from sgpo.trainer.trainer import Trainer

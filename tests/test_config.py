@@ -70,9 +70,9 @@ def test_loss_section_is_the_frozen_core_object():
 
 def test_demo_problem_file_of_cpu_tiny_is_the_procedural_set():
     """configs/data/demo-train-64.jsonl is make_problems(64, seed=0); regenerate it with
-    python -c "import json; from sgpo.demo.problems import make_problems as m;
+    python -c "import json; from sgpo.arithmetic import make_problems as m;
     print(''.join(json.dumps(r) + '\\n' for r in m(64, seed=0)), end='')" > configs/data/demo-train-64.jsonl"""
-    from sgpo.demo.problems import make_problems
+    from sgpo.arithmetic import make_problems
 
     rows = [json.loads(x) for x in (REPO / "configs" / "data" / "demo-train-64.jsonl").read_text().splitlines()]
     assert rows == make_problems(64, seed=0)

@@ -48,7 +48,7 @@ LAYERS = [
     {"sgpo.testing"},  # test doubles (loopback chat server, tiny models): only tests and scripts import it
     {"sgpo.rewards", "sgpo.data", "sgpo.generation"},
     {"sgpo.strategies", "sgpo.evaluation"},
-    {"sgpo.world"},
+    {"sgpo.world", "sgpo.arithmetic"},  # the testbeds
     {"sgpo.trainer"},
     {"sgpo.demo"},
     {"sgpo.cli"},

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sgpo.demo.problems import (DEFAULT_FAMILIES, FAMILIES, check_no_leak, family_strategy, make_eval_problems,
+from sgpo.arithmetic import (DEFAULT_FAMILIES, FAMILIES, check_no_leak, family_strategy, make_eval_problems,
                                 make_problems, split_of)
 from sgpo.rewards import extract_boxed, score
 from sgpo.schema import validate_strategy

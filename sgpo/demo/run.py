@@ -115,7 +115,7 @@ def prepare_world(out: Path, s: DemoSettings) -> DemoData:
 
 def prepare_smollm2(out: Path, s: DemoSettings) -> DemoData:
     from sgpo.data import build_problems
-    from sgpo.demo.problems import make_eval_problems, make_problems
+    from sgpo.arithmetic import make_eval_problems, make_problems
     from sgpo.models import smollm2_path
 
     problems = build_problems(make_problems(s.train_problems, seed=s.seed), "procedural",

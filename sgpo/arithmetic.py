@@ -1,4 +1,4 @@
-"""Procedural math problems for ``sgpo demo``.
+"""Testbed: procedural math problems (the SmolLM2 run of ``sgpo demo`` trains on them).
 
 The demo trains SmolLM2-135M-Instruct on two CPU cores in minutes, so it cannot use real
 benchmarks: a 135M model solves almost none of them and their solutions are hundreds of
