@@ -202,13 +202,18 @@ def tuned(s: Setting, done: dict[str, dict[str, Any]], label: str) -> dict[str, 
 
 def plan(done: dict[str, dict[str, Any]], settings: list[Setting]) -> list[Cell]:
     """Cells not done yet whose prerequisites are, in the order they run: tuning first, then
-    each reported seed's initial model and the variants already tuned, seed by seed."""
+    seed by seed the seed's initial cell (it pre-trains the seed's world model) and, once that is
+    done, the seed's cells of the variants already tuned (so no cell sits waiting on a model
+    another cell is pre-training)."""
     todo: list[Cell] = []
     for s in settings:
         todo += [c for c in tune_cells(s) if c.id not in done]
         choices = {v.label: tuned(s, done, v.label) for v in setting_variants(s)}
         for seed in s.seeds:
-            todo += [c for c in [Cell(s.name, "initial", "initial", seed)] if c.id not in done]
+            initial = Cell(s.name, "initial", "initial", seed)
+            if initial.id not in done:
+                todo.append(initial)
+                continue
             for v in setting_variants(s):
                 ch, src = choices[v.label], choices.get(v.init_from)
                 if v.init_from and (src is None or Cell(s.name, "report", v.init_from, seed, src["lr"]).id not in done):

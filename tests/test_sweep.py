@@ -39,6 +39,14 @@ def test_plan_tunes_first_and_reports_at_the_tuned_rate():
     assert {c.seed for c in todo if c.phase == "tune"} == set(sweep.TUNE_SEEDS)
     assert not {c.seed for c in todo if c.phase == "tune"} & set(sweep.REPORT_SEEDS)  # tuning seeds never reported
     done = {c.id: _fake_tune(c, 3e-4) for c in sweep.tune_cells(s) if c.variant == "grpo"}
+    # a seed's cells wait for its initial cell, which pre-trains the seed's model
+    assert not [c for c in sweep.plan(done, [s]) if c.phase == "report"]
+    done[sweep.Cell("pair", "initial", "initial", 0).id] = {}
+    todo = sweep.plan(done, [s])
+    assert [c.id for c in todo[-len(sweep.REPORT_SEEDS):][:2]] == ["pair/report/grpo/lr-3e-04/seed-0",
+                                                                  "pair/initial/initial/seed-1"]
+    for seed in sweep.REPORT_SEEDS:
+        done[sweep.Cell("pair", "initial", "initial", seed).id] = {}
     todo = sweep.plan(done, [s])
     assert not any(c.id in done for c in todo)
     report = [c for c in todo if c.phase == "report"]

@@ -50,6 +50,12 @@ def _tune_record(cell, best_lr):
     return {"cell": cell.id, "curve": [{"step": 20, "accuracy": acc - 0.1}, {"step": 40, "accuracy": acc}]}
 
 
+def _initials_done(done, setting):
+    """A seed's cells wait for its initial cell (it pre-trains the seed's model): mark them done."""
+    done.update({sweep.Cell(setting.name, "initial", "initial", seed).id: {} for seed in setting.seeds})
+    return done
+
+
 def test_tuning_is_inherited_retuned_or_fixed_as_declared():
     base = sweep.SETTINGS["pair"]
     done = {c.id: _tune_record(c, 3e-4 if c.variant != "sft" else 1e-3) for c in sweep.tune_cells(base)}
@@ -61,7 +67,7 @@ def test_tuning_is_inherited_retuned_or_fixed_as_declared():
     assert sweep.tuned(t2, done, "sft") is None  # its own tuning has not run
     kl = sweep.SETTINGS["kl-p2-g8"]
     assert sweep.tune_cells(kl) == [] and kl.budget == 12 and kl.group_guided == 8
-    todo = sweep.plan(done, [kl])
+    todo = sweep.plan(_initials_done(done, kl), [kl])
     assert {(c.variant, c.lr) for c in todo if c.phase == "report"} == {("sgpo", 3e-4), ("imitation", 3e-4)}
     assert sorted({c.seed for c in todo}) == list(range(5))
     prox = sweep.SETTINGS["prox-u8-lr1e-03"]
@@ -73,7 +79,7 @@ def test_two_stage_variant_waits_for_its_first_stage():
     base = sweep.SETTINGS["pair"]
     done = {c.id: _tune_record(c, 1e-4) for c in sweep.tune_cells(base)}
     t0 = sweep.SETTINGS["trace-T0"]
-    todo = sweep.plan(done, [t0])
+    todo = sweep.plan(_initials_done(done, t0), [t0])
     assert not any(c.variant == "sft-grpo" for c in todo)
     first = sweep.Cell("trace-T0", "report", "sft", 3, 1e-4)
     done[first.id] = {"cell": first.id}
