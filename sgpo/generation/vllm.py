@@ -27,7 +27,7 @@ rollout side of the importance-sampling correction (:mod:`sgpo.core.rollout_corr
 
 vLLM is an optional dependency (``pip install 'sgpo[vllm]'``, the range TRL 1.16 supports)
 imported lazily. The engine needs a GPU: the CPU suite checks what is sent to it with recording
-fakes (tests/test_generation.py), tests marked ``gpu`` run the real one (``bash scripts/gpu-check``)."""
+fakes (tests/test_vllm.py), tests marked ``gpu`` run the real one (``bash scripts/gpu-check``)."""
 
 from __future__ import annotations
 
