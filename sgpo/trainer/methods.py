@@ -356,6 +356,7 @@ def attach_rollout_correction(ctx: StepContext, seqs: list[TrainSequence],
         s.pg_weight = part
     return {f"rollout/{k}": v for k, v in m.items()}
 
+
 # -- statistics for logging ------------------------------------------------------------------
 def step_stats(spec: MethodSpec, r: StepRollouts, rewards: Rewards, w: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-problem and per-trajectory tensors behind the rollout metrics (docs/metrics.md)."""
