@@ -97,7 +97,7 @@ def main() -> None:
     lines += ["", f"{args.problems} problems per cell. Command: `PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE python "
               f"benchmarks/world_dials.py --world {args.world} --seeds {args.seeds} --variants {args.variants}"
               f"{' --build' if args.build else ''}`", ""]
-    write_results(args.out, "\n".join(lines), {"world": args.world, "results": res, "args": vars(args)})
+    write_results(args.out, "\n".join(lines), {"world": args.world, "results": res, "args": {k: v for k, v in vars(args).items() if k != "out"}})
     print(json.dumps([{k: r[k] for k in ("variant", "seed", "seconds")} for r in res]))
 
 
