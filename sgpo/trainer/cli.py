@@ -11,7 +11,8 @@ from sgpo.trainer.specs import METHODS
 HELP = """Train a policy with SGPO or a baseline (grpo, sft, luffy) or an ablation (imitation,
 guided_rl) from a YAML config. Every method that samples draws algorithm.samples_per_problem
 trajectories per problem (guided methods: algorithm.group_guided of them guided; luffy: one is
-the strong-model trace); metrics.jsonl logs the split as samples/auto and samples/guided. Runs as is on one device; under `accelerate launch` on several
+the strong-model trace); metrics.jsonl logs the split as samples/auto and samples/guided.
+Runs as is on one device; under `accelerate launch` on several
 processes (DDP, FSDP, DeepSpeed ZeRO-3). The output directory holds the resolved config
 (config.json), metrics.jsonl (one JSON object per step), checkpoints (checkpoint-STEP, resumed
 automatically) and the final model (final/). A folder holds one run: resuming with other
