@@ -9,12 +9,13 @@ rounds (the first round, which warms allocators up, is dropped) and the ratios b
 
 - ``world``: the strategy-world demo's settings exactly (8 problems x 8 trajectories x up to 32
   tokens, the 0.67M-parameter model pre-trained on first use, ``sgpo.demo``).
-- ``smollm2``: SmolLM2-135M-Instruct on procedural arithmetic, 4 problems x 8 trajectories x 64
-  tokens. The 135M model rarely solves a problem when guided, so SGPO would distil almost
+- ``smollm2``: SmolLM2-135M-Instruct on procedural arithmetic, ``--smollm2-prompts`` problems x 8
+  trajectories x ``--smollm2-tokens`` tokens (4 x 64 by default). The 135M model rarely solves a problem when guided, so SGPO would distil almost
   nothing; to time SGPO's worst case the run uses ``weight_mode: constant`` and
   ``distill_on: all`` (every guided trajectory distilled: teacher pass, full top-k targets).
 
-    python benchmarks/step_time.py [--models world,smollm2] [--rounds 8] [--out benchmarks/results/step_time.md]
+    python benchmarks/step_time.py [--models world,smollm2] [--rounds 8] [--smollm2-prompts 4]
+                                   [--smollm2-tokens 64] [--out benchmarks/results/step_time.md]
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def world_trainers(out: Path) -> dict[tuple[str, str], Any]:
     return trainers
 
 
-def smollm2_trainers(out: Path, samplers: tuple[str, ...]) -> dict[tuple[str, str], Any]:
+def smollm2_trainers(out: Path, samplers: tuple[str, ...], prompts: int, tokens: int) -> dict[tuple[str, str], Any]:
     from sgpo.data import build_problems
     from sgpo.arithmetic import make_problems
     from sgpo.demo.run import DemoSettings, _train_config
@@ -68,7 +69,7 @@ def smollm2_trainers(out: Path, samplers: tuple[str, ...]) -> dict[tuple[str, st
     from sgpo.trainer.trainer import Trainer
 
     s = DemoSettings.for_model("smollm2")
-    s.prompts_per_step, s.samples_per_problem, s.group_guided, s.max_new_tokens = 4, 8, 4, 64
+    s.prompts_per_step, s.samples_per_problem, s.group_guided, s.max_new_tokens = prompts, 8, 4, tokens
     path = str(smollm2_path())
     tok = load_tokenizer(path)
     problems = build_problems(make_problems(64, seed=0), "procedural", teacher_response_field="solution")
@@ -78,7 +79,7 @@ def smollm2_trainers(out: Path, samplers: tuple[str, ...]) -> dict[tuple[str, st
             cfg = _train_config(method, out / f"smollm2-{sampler}", s, path)
             cfg.system.generation_sampler = sampler
             cfg.algorithm.weight_mode, cfg.algorithm.distill_on = "constant", "all"
-            cfg.system.micro_batch_size, cfg.system.generation_batch_size = 8, 32
+            cfg.system.micro_batch_size, cfg.system.generation_batch_size = 8, 8 * prompts
             cfg.run.progress, cfg.run.save_steps = False, 0
             trainers[method, sampler] = Trainer(cfg, problems=problems, model=load_model(path, "float32"),
                                                 tokenizer=tok)
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--models", default="world,smollm2", help="comma-separated: world, smollm2")
     ap.add_argument("--rounds", type=int, default=8, help="measured rounds (world); smollm2 runs a quarter of them")
     ap.add_argument("--smollm2-samplers", default="lean", help="samplers timed on smollm2 (generate,lean for both)")
+    ap.add_argument("--smollm2-prompts", type=int, default=4, help="smollm2: problems per step (8 trajectories each)")
+    ap.add_argument("--smollm2-tokens", type=int, default=64, help="smollm2: max new tokens")
     ap.add_argument("--out", default="benchmarks/results/step_time.md")
     args = ap.parse_args()
     import torch
@@ -136,7 +139,7 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0]}
     text = ["# Training-step time, side by side", "",
-            f"`python benchmarks/step_time.py --models {args.models} --rounds {args.rounds}` on {os.cpu_count()} "
+            f"`python benchmarks/step_time.py {' '.join(sys.argv[1:])}` on {os.cpu_count()} "
             f"CPU cores, torch threads {torch.get_num_threads()}, load average at the start "
             f"{os.getloadavg()[0]:.1f} (a shared machine: the ratios are measured side by side, round-robin; "
             "absolute seconds are not comparable between runs). Medians over rounds, the first dropped.", ""]
@@ -147,9 +150,10 @@ def main() -> None:
                 text += table("Strategy world (the demo's settings)", res)
             elif model == "smollm2":
                 samplers = tuple(s for s in args.smollm2_samplers.split(",") if s)
-                res = round_robin(smollm2_trainers(Path(tmp) / "smollm2", samplers), max(2, args.rounds // 4))
-                text += table("SmolLM2-135M-Instruct (4 problems x 8 trajectories x 64 tokens, SGPO distils "
-                              "every guided trajectory)", res)
+                res = round_robin(smollm2_trainers(Path(tmp) / "smollm2", samplers, args.smollm2_prompts,
+                                                   args.smollm2_tokens), max(2, args.rounds // 4))
+                text += table(f"SmolLM2-135M-Instruct ({args.smollm2_prompts} problems x 8 trajectories x "
+                              f"{args.smollm2_tokens} tokens, SGPO distils every guided trajectory)", res)
             else:
                 raise SystemExit(f"unknown model {model!r} (world, smollm2)")
             results[model] = {f"{m}/{s}": v for (m, s), v in res.items()}
