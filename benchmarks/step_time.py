@@ -89,39 +89,44 @@ def smollm2_trainers(out: Path, samplers: tuple[str, ...], prompts: int, tokens:
 def round_robin(trainers: dict[tuple[str, str], Any], rounds: int) -> dict[tuple[str, str], dict[str, float]]:
     """One step of every trainer per round; medians over rounds 2.. of the step and its phases."""
     steps: dict[Any, list[float]] = {k: [] for k in trainers}
+    cpu: dict[Any, list[float]] = {k: [] for k in trainers}
     for r in range(rounds + 1):
         for key, trainer in trainers.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             trainer.train_step(_NoBar())
             if r:
                 steps[key].append(time.perf_counter() - t0)
+                cpu[key].append(time.process_time() - c0)
         print(f"round {r}/{rounds}, load average {os.getloadavg()[0]:.1f}", flush=True)
     out = {}
     for key, trainer in trainers.items():
         h = trainer.history[1:]
-        row = {"step": statistics.median(steps[key])}
+        row: dict[str, Any] = {"step": statistics.median(steps[key]), "step_cpu": statistics.median(cpu[key])}
         row.update({p: statistics.median(x.get(p, 0.0) for x in h) for p in PHASES})
+        row["steps"] = steps[key]  # every measured round, in order
         out[key] = row
     return out
 
 
 def table(name: str, res: dict[tuple[str, str], dict[str, float]]) -> list[str]:
     samplers = [s for s in SAMPLERS if ("grpo", s) in res]
-    lines = [f"### {name}", "", "| method | sampler | step s | steps/s | sample s | teacher targets s | update s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [f"### {name}", "", "| method | sampler | step s | steps/s | step CPU s | sample s | teacher targets s | "
+             "update s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for method in METHODS:
         for s in samplers:
             r = res[method, s]
-            lines.append(f"| {method} | {s} | {r['step']:.3f} | {1 / r['step']:.2f} | {r['time/sample']:.3f} | "
+            lines.append(f"| {method} | {s} | {r['step']:.3f} | {1 / r['step']:.2f} | {r['step_cpu']:.3f} | "
+                         f"{r['time/sample']:.3f} | "
                          f"{r['time/teacher_targets']:.3f} | {r['time_update']:.3f} |")
     lines.append("")
     for s in samplers:
-        lines.append(f"- SGPO/GRPO step time, {s}: **{res['sgpo', s]['step'] / res['grpo', s]['step']:.2f}x**")
+        lines.append(f"- SGPO/GRPO step time, {s}: **{res['sgpo', s]['step'] / res['grpo', s]['step']:.2f}x** "
+                     f"(CPU time {res['sgpo', s]['step_cpu'] / res['grpo', s]['step_cpu']:.2f}x)")
     if len(samplers) == 2:
         for method in METHODS:
             g, l = res[method, "generate"], res[method, "lean"]
             lines.append(f"- {method}: lean vs generate, step **{g['step'] / l['step']:.2f}x** faster "
-                         f"(sampling {g['time/sample'] / l['time/sample']:.2f}x)")
+                         f"(CPU time {g['step_cpu'] / l['step_cpu']:.2f}x; sampling {g['time/sample'] / l['time/sample']:.2f}x)")
     return lines + [""]
 
 
@@ -142,7 +147,8 @@ def main() -> None:
             f"`python benchmarks/step_time.py {' '.join(sys.argv[1:])}` on {os.cpu_count()} "
             f"CPU cores, torch threads {torch.get_num_threads()}, load average at the start "
             f"{os.getloadavg()[0]:.1f} (a shared machine: the ratios are measured side by side, round-robin; "
-            "absolute seconds are not comparable between runs). Medians over rounds, the first dropped.", ""]
+            "absolute seconds are not comparable between runs). Medians over rounds, the first dropped; "
+            "step CPU s is this process's CPU time (all threads), which waiting for a core does not inflate.", ""]
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             if model == "world":
