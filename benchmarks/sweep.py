@@ -369,7 +369,7 @@ def run_cell(cell: Cell, cells_dir: Path, work: Path) -> dict[str, Any]:
     tok = load_tokenizer(model_path)
     rec: dict[str, Any] = {"cell": cell.id, **asdict(cell), "world": {
         "name": s.world, "key": world.key(), "map": {c: world.tasks.rl_method(c).name for c in world.tasks.cues},
-        "transfer_pairs": world.tasks.transfer_pairs()}, "setting": asdict(s)}
+        "transfer_pairs": world.tasks.transfer_pairs()}, "setting": json.loads(json.dumps(asdict(s)))}  # as the file holds it (tuples -> lists)
     if cell.phase == "initial":
         model = load_model(model_path, dtype="float32")
         splits = {split: evaluate_split(model, tok, data[split], split, s, cell.seed, out / "eval")
