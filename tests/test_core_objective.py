@@ -131,3 +131,30 @@ def test_head_logprobs_match_full_logits(chunk):
     on = head_logprobs(h, w, ids, support_ids=want_ids, lm_head_bias=b, temperature=T, chunk_size=chunk)
     torch.testing.assert_close(on.support_logp, want_lp)
     assert head_logprobs(h, w, ids, top_k=0, lm_head_bias=b, temperature=T).support_ids.shape == (7, V)
+
+
+def test_rl_coef_scales_the_rl_term_and_zero_leaves_the_other_terms_gradient():
+    """loss.rl_coef = 0 (the distillation-only control): the loss and its gradient are those of
+    the off-policy, NLL and distillation terms of the reference alone; 2 doubles the RL term only."""
+    n = 9.0
+    h, w, tokens, teacher = _batch(old_shift=0.3)
+    ref = _reference(h, w, tokens, teacher, LossSettings(proximal="none"), "token-mean", n)
+    rest = ref["offpolicy"] + ref["nll"] + ref["distill"]
+    loss, metrics = policy_objective(h, w, tokens, LossSettings(proximal="none", rl_coef=0.0), normalizer=n,
+                                     temperature=T, chunk_size=4)
+    assert float(ref["rl"].detach()) != 0 and float(metrics["loss/rl"]) == 0.0
+    assert float(loss.detach()) == pytest.approx(float(rest.detach()), rel=1e-10)
+    for got, want in zip(torch.autograd.grad(loss, (h, w)), torch.autograd.grad(rest, (h, w))):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    one = policy_objective(h, w, tokens, LossSettings(proximal="none"), normalizer=n, temperature=T)[1]
+    two = policy_objective(h, w, tokens, LossSettings(proximal="none", rl_coef=2.0), normalizer=n, temperature=T)[1]
+    assert float(two["loss/rl"]) == pytest.approx(2 * float(one["loss/rl"]), rel=1e-12)
+    for key in ("loss/offpolicy", "loss/nll", "loss/distill", "rl/ratio_mean"):
+        assert float(two[key]) == float(one[key]), key
+
+
+def test_rl_coef_must_not_be_negative():
+    from sgpo.trainer.config import load_config
+
+    with pytest.raises(ValueError, match="loss.rl_coef = -0.5: must be >= 0"):
+        load_config(None, ["data.path=x.jsonl", "loss.rl_coef=-0.5"]).validate()

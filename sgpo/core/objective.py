@@ -5,14 +5,15 @@ For a micro-batch of packed tokens (every completion token of its sequences laid
 aggregated with the same per-token weights a_t (:func:`sgpo.core.aggregate.aggregation_weights`,
 ``loss.aggregation``; a_t = 1/N for the default token mean):
 
-    L = sum_{t in rl}       a_t * rho_t * -min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t)
+    L = sum_{t in rl}       a_t * beta * rho_t * -min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t)
       + sum_{t in offpolicy} a_t * -A_t f(pi_theta(y_t)),   f(p) = p / (p + gamma)       (LUFFY)
       + sum_{t in nll}      a_t * c_t * -log pi_theta(y_t)                              (SFT, imitation)
       + sum_{t in distill}  a_t * lambda w_t m_t l_t                                    (SGPO)
 
-with r_t = pi_theta(y_t) / pi_old(y_t), rho_t an optional per-token weight of the
-policy-gradient term (``pg_weight``: 1 unless given, e.g. a truncated importance-sampling
-correction; 0 masks a token), c_t = lambda w_t for guided trajectories (imitation) and 1
+with r_t = pi_theta(y_t) / pi_old(y_t), beta the weight of the RL term (``loss.rl_coef``; 0
+switches RL off and keeps the graph, so the gradient is exactly that of the other terms), rho_t
+an optional per-token weight of the policy-gradient term (``pg_weight``: 1 unless given, e.g. a
+truncated importance-sampling correction; 0 masks a token), c_t = lambda w_t for guided trajectories (imitation) and 1
 otherwise, l_t the divergence to the teacher over its top-k support plus a tail bucket and
 m_t the proximal mask (:mod:`sgpo.core.proximal`). Sampled-token log-probs of every role
 come from one chunked LM-head pass (:func:`sgpo.core.chunked.token_logprobs_from_hidden`), the
@@ -86,7 +87,7 @@ def policy_objective(
         old = logp["rl"].detach() if old is None else old
         per_tok, m = clipped_policy_loss(logp["rl"], old, tokens.at(tokens.advantage, "rl"), None, s.eps_low, s.eps_high)
         rho = tokens.at(tokens.pg_weight, "rl")
-        term = (per_tok * (a[tokens.index["rl"]] if rho is None else a[tokens.index["rl"]] * rho)).sum()
+        term = s.rl_coef * (per_tok * (a[tokens.index["rl"]] if rho is None else a[tokens.index["rl"]] * rho)).sum()
         loss = loss + term
         metrics.update({"loss/rl": term.detach(), **{f"rl/{k}": v for k, v in m.items()}})
     if "offpolicy" in logp:

@@ -21,6 +21,9 @@ class LossSettings:
     # RL term: DAPO clipped surrogate, ratio clipped to [1 - eps_low, 1 + eps_high]
     eps_low: float = 0.2  # lower clip of the importance ratio
     eps_high: float = 0.28  # upper clip of the importance ratio (DAPO's clip-higher)
+    # weight of the clipped RL term (every RL token: autonomous rollouts, guided_rl's guided ones,
+    # LUFFY's on-policy ones); 0 = RL off, the distillation-only control (the normaliser is unchanged)
+    rl_coef: float = 1.0
     # distillation term: lambda * (1/N) * sum_i w_i sum_t m_t l_t
     distill_coef: float = 1.0  # lambda, the weight of the distillation term
     divergence: str = "forward"  # l_t: forward KL(p||q) | reverse KL(q||p) | jsd

@@ -27,6 +27,7 @@ RANGES: dict[str, tuple[float, bool, float | None]] = {
     "run.logging_steps": (1, False, None),
     "run.save_steps": (0, False, None),
     "loss.distill_coef": (0.0, False, None),
+    "loss.rl_coef": (0.0, False, None),
     "loss.jsd_beta": (0.0, False, 1.0),
     "reward.timeout_s": (0.0, True, None),
     "reward.max_failure_share": (0.0, False, 1.0),
