@@ -40,6 +40,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LR_GRID = (3e-5, 1e-4, 3e-4, 1e-3)
+# Where the rule's choice lands on an edge of the grid, that variant's grid grows one rung of this
+# ladder beyond it, and again while the choice stays on the new edge (sweep-plan.md, 2026-12-02 16:55)
+LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 TUNE_SEEDS = (100, 101)
 REPORT_SEEDS = tuple(range(10))
 CELLS_DIR = ROOT / "benchmarks" / "results" / "cells"
@@ -83,6 +86,7 @@ class Setting:
     tune_from: str = ""  # take the tuning choices of this setting (no tuning cells here) ...
     retune: tuple[str, ...] = ()  # ... except for these variants, tuned here
     fixed_lr: float | None = None  # no tuning: every variant at this rate for step_budget steps
+    report_steps: int | None = None  # reported cells train this long at the tuned rate (a longer curve)
     seeds: tuple[int, ...] = tuple(range(10))  # reported seeds
     record_metrics: tuple[str, ...] = ()  # trainer metrics kept per step in the cell (metrics.jsonl keys)
     budget: int = 8  # trajectories per problem and step, every method
@@ -101,8 +105,14 @@ class Setting:
     top_k: int = 0
 
 
-SETTINGS: dict[str, Setting] = {"pair": Setting("pair")}
-DEFAULT_SETTINGS = ("pair",)  # what run/status/report do without --settings
+SETTINGS: dict[str, Setting] = {
+    "pair": Setting("pair"),
+    # GRPO's and LUFFY's validation curves still rise at the shared 200-step budget: longer curves at
+    # the tuned rates on reported seeds 0-4 (sweep-plan.md, 2026-12-02 16:55); no tuning, no new choice
+    "pair-long": Setting("pair-long", variants=("grpo", "luffy", "sgpo"), tune_from="pair", report_steps=600,
+                         step_budget=600, probe_every=40, seeds=tuple(range(5))),
+}
+DEFAULT_SETTINGS = ("pair", "pair-long")  # what run/status/report do without --settings
 EXTRA_VARIANTS: tuple[Variant, ...] = ()  # variants only some settings run (Setting.variants)
 GROUPS: dict[str, tuple[str, ...]] = {}  # a name for several settings (--settings GROUP)
 
@@ -176,28 +186,60 @@ def load_cells(cells_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 # -- the plan ------------------------------------------------------------------------------------
-def tune_cells(s: Setting) -> list[Cell]:
-    if s.fixed_lr is not None:
-        return []
-    labels = [v.label for v in setting_variants(s) if not s.tune_from or v.label in s.retune]
-    return [Cell(s.name, "tune", v, seed, lr, s.step_budget) for v in labels for lr in LR_GRID for seed in TUNE_SEEDS]
+def _tune_variant_cells(s: Setting, label: str, grid: list[float]) -> list[Cell]:
+    return [Cell(s.name, "tune", label, seed, lr, s.step_budget) for lr in grid for seed in TUNE_SEEDS]
 
 
-def tuned(s: Setting, done: dict[str, dict[str, Any]], label: str) -> dict[str, Any] | None:
-    """The tuning rule's choice for one variant, once all its tuning cells are done."""
+def _choice(cells: list[Cell], done: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from sgpo.evaluation.stats import tuning_choice
 
-    if s.fixed_lr is not None:
-        return {"lr": s.fixed_lr, "steps": s.step_budget}
-    if s.tune_from and label not in s.retune:
-        return tuned(SETTINGS[s.tune_from], done, variant(label).tune_as or label)
-    cells = [c for c in tune_cells(s) if c.variant == label]
-    if any(c.id not in done for c in cells):
-        return None
     curves: dict[float, list[list[tuple[int, float]]]] = {}
     for c in cells:
         curves.setdefault(c.lr, []).append([(p["step"], p["accuracy"]) for p in done[c.id]["curve"]])
     return tuning_choice(curves)
+
+
+def variant_grid(s: Setting, label: str, done: dict[str, dict[str, Any]] | None) -> tuple[list[float], bool]:
+    """The learning rates one variant is tuned at, and whether all their cells are done: LR_GRID,
+    grown one rung of LR_LADDER beyond an edge where the rule's choice lands, and again while
+    the choice stays on the new edge (as far as the ladder goes). Without ``done``: LR_GRID."""
+    grid = list(LR_GRID)
+    while True:
+        cells = _tune_variant_cells(s, label, grid)
+        if done is None or any(c.id not in done for c in cells):
+            return grid, False
+        lr = _choice(cells, done)["lr"]
+        rung = LR_LADDER.index(lr)
+        if lr == grid[0] and rung > 0:
+            grid.insert(0, LR_LADDER[rung - 1])
+        elif lr == grid[-1] and rung < len(LR_LADDER) - 1:
+            grid.append(LR_LADDER[rung + 1])
+        else:
+            return grid, True
+
+
+def tune_cells(s: Setting, done: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
+    """The setting's tuning cells: LR_GRID for every variant tuned here, and, given the cells
+    done so far, the rungs an edge choice adds (:func:`variant_grid`)."""
+    if s.fixed_lr is not None:
+        return []
+    labels = [v.label for v in setting_variants(s) if not s.tune_from or v.label in s.retune]
+    return [c for v in labels for c in _tune_variant_cells(s, v, variant_grid(s, v, done)[0])]
+
+
+def tuned(s: Setting, done: dict[str, dict[str, Any]], label: str) -> dict[str, Any] | None:
+    """The tuning rule's choice for one variant, once all its tuning cells (edge rungs
+    included) are done; with ``Setting.report_steps`` the reported step count is that."""
+    if s.fixed_lr is not None:
+        return {"lr": s.fixed_lr, "steps": s.step_budget}
+    if s.tune_from and label not in s.retune:
+        ch = tuned(SETTINGS[s.tune_from], done, variant(label).tune_as or label)
+    else:
+        grid, complete = variant_grid(s, label, done)
+        ch = _choice(_tune_variant_cells(s, label, grid), done) if complete else None
+    if ch is not None and s.report_steps is not None:
+        ch = {**ch, "steps": s.report_steps}
+    return ch
 
 
 def plan(done: dict[str, dict[str, Any]], settings: list[Setting]) -> list[Cell]:
@@ -207,7 +249,7 @@ def plan(done: dict[str, dict[str, Any]], settings: list[Setting]) -> list[Cell]
     another cell is pre-training)."""
     todo: list[Cell] = []
     for s in settings:
-        todo += [c for c in tune_cells(s) if c.id not in done]
+        todo += [c for c in tune_cells(s, done) if c.id not in done]
         choices = {v.label: tuned(s, done, v.label) for v in setting_variants(s)}
         for seed in s.seeds:
             initial = Cell(s.name, "initial", "initial", seed)

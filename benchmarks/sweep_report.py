@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from _results import write_results
-from sweep import COMPARISONS, LR_GRID, REPORT_SEEDS, REPORTED_SPLITS, SETTINGS, TUNE_SEEDS, VARIANTS, Setting, \
-    load_cells, tune_cells, tuned
+from sweep import COMPARISONS, LR_LADDER, REPORTED_SPLITS, SETTINGS, TUNE_SEEDS, Setting, \
+    load_cells, setting_variants, tune_cells, tuned
 
 from sgpo.evaluation import stats
 
@@ -51,19 +51,30 @@ def _paired_clusters(a: dict[str, Any], b: dict[str, Any], split: str) -> dict[s
 
 
 def tuning_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
+    tried = tune_cells(s, done)
+    if not tried:
+        src = f"the tuning of `{s.tune_from}`" if s.tune_from else f"fixed at {s.fixed_lr:g}"
+        steps = f"; reported cells train {s.report_steps} steps" if s.report_steps else ""
+        return [f"## Tuning ({s.name})", "", f"No tuning cells here: learning rates and step counts from {src}{steps}.",
+                ""], {}
+    grid = [lr for lr in LR_LADDER if any(c.lr == lr for c in tried)]  # LR_GRID and the edge rungs tried
     lines = [f"## Tuning ({s.name})", "",
              f"Validation accuracy (avg@{s.probe_samples} on {s.eval_problems} `valid` problems, %), mean over the tuning "
              f"seeds {', '.join(map(str, TUNE_SEEDS))} (never reported), at the best probe step; `*` the choice of the "
-             "rule (benchmarks/results/sweep-plan.md). Step budget " f"{s.step_budget}, probe every {s.probe_every} steps.",
-             "", "| variant | " + " | ".join(f"lr {lr:g}" for lr in LR_GRID) + " | chosen lr | steps | cells |",
-             "|---|" + "---:|" * len(LR_GRID) + "---:|---:|---:|"]
+             "rule (benchmarks/results/sweep-plan.md). Step budget " f"{s.step_budget}, probe every {s.probe_every} steps. "
+             "Where the choice lands on an edge of the grid, that variant's grid grows one rung beyond it (the plan's "
+             "amendment of 2026-12-02 16:55); — where a rate was not tried.",
+             "", "| variant | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen lr | steps | cells |",
+             "|---|" + "---:|" * len(grid) + "---:|---:|---:|"]
     data: dict[str, Any] = {}
-    for v in VARIANTS:
-        cells = [c for c in tune_cells(s) if c.variant == v.label]
+    for v in setting_variants(s):
+        cells = [c for c in tried if c.variant == v.label]
+        if not cells:
+            continue
         have = [c for c in cells if c.id in done]
         ch = tuned(s, done, v.label)
         row = []
-        for lr in LR_GRID:
+        for lr in grid:
             runs = [done[c.id]["curve"] for c in have if c.lr == lr]
             if not runs:
                 row.append("—")
@@ -90,7 +101,7 @@ def _report_cells(s: Setting, done: dict[str, dict], label: str) -> dict[int, di
 
 def main_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
     initial = {r["seed"]: r for r in done.values() if r["setting"] == s.name and r["phase"] == "initial"}
-    by_variant = {v.label: _report_cells(s, done, v.label) for v in VARIANTS}
+    by_variant = {v.label: _report_cells(s, done, v.label) for v in setting_variants(s)}
     lines = [f"## Results ({s.name}), reported seeds", "",
              "Unguided accuracy (avg@k, %) after training, each variant at its tuned learning rate and step count: mean "
              "± sd over seeds, then the 95% hierarchical bootstrap interval of the mean (seeds, then keywords within a "
@@ -169,7 +180,7 @@ def curve_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[st
              "| variant | seeds | final | best | AUC | " + " | ".join(f"reach {_pct(t)}" for t in THRESHOLDS) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(THRESHOLDS)]
     data: dict[str, Any] = {}
-    for v in VARIANTS:
+    for v in setting_variants(s):
         cells = [c for c in _report_cells(s, done, v.label).values() if c["seed"] in initial and c["curve"]]
         if not cells:
             continue
@@ -199,7 +210,7 @@ def keyword_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[
     data: dict[str, Any] = {}
     for sp in REPORTED_SPLITS:
         table: dict[str, dict[str, float]] = {}
-        for v in ("initial",) + tuple(x.label for x in VARIANTS):
+        for v in ("initial",) + tuple(x.label for x in setting_variants(s)):
             cells = ([r for r in done.values() if r["setting"] == s.name and r["phase"] == "initial"] if v == "initial"
                      else list(_report_cells(s, done, v).values()))
             per: dict[str, list[float]] = {}
@@ -223,7 +234,7 @@ def keyword_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[
 def plot_curves(s: Setting, done: dict[str, dict], path: Path) -> bool:
     initial = {r["seed"]: r for r in done.values() if r["setting"] == s.name and r["phase"] == "initial"}
     series = {}
-    for v in VARIANTS:
+    for v in setting_variants(s):
         cells = [c for c in _report_cells(s, done, v.label).values() if c["seed"] in initial and c["curve"]]
         if not cells or v.method == "sft":
             continue
@@ -316,7 +327,7 @@ def report(args: argparse.Namespace) -> int:
             ul.insert(2, f"![learning curves]({plot.name})\n")
         text += tl + ml + cl + ul + kl
         data[name] = {"tuning": td, "results": md, "comparisons": tests, "curves": ud, "per_keyword": kd,
-                      "reported_seeds": list(REPORT_SEEDS)}
+                      "reported_seeds": list(s.seeds)}
         if readme is None:
             readme = readme_table(s, md, tests, len(done), ud)
     write_results(out, "\n".join(text), data)

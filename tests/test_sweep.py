@@ -169,3 +169,40 @@ def test_committed_readme_table_is_the_one_the_committed_cells_give(tmp_path):
                               out=str(tmp_path / "sweep.md"), readme=str(readme), settings="pair")
     sweep_report().report(args)
     assert readme.read_text() == (root / "README.md").read_text(), "run: python benchmarks/sweep.py report"
+
+
+def _fake_curves(cell, acc_by_lr):
+    acc = acc_by_lr.get(cell.lr, 0.1)
+    return {"cell": cell.id, "setting": cell.setting, "phase": "tune", "variant": cell.variant, "seed": cell.seed,
+            "lr": cell.lr, "curve": [{"step": 20, "accuracy": acc / 2}, {"step": 40, "accuracy": acc}]}
+
+
+def test_a_choice_on_the_grid_edge_grows_that_variants_grid_one_rung():
+    s = sweep.SETTINGS["pair"]
+    base = {c.id: _fake_curves(c, {3e-5: 0.4, 1e-4: 0.3}) for c in sweep.tune_cells(s) if c.variant == "grpo"}
+    assert sweep.tuned(s, base, "grpo") is None  # 3e-5 is the grid's lower edge: 1e-5 must be tried first
+    todo = [c for c in sweep.plan(base, [s]) if c.variant == "grpo"]
+    assert sorted({c.lr for c in todo}) == [1e-5] and {c.seed for c in todo} == set(sweep.TUNE_SEEDS)
+    assert {c.lr for c in sweep.tune_cells(s) if c.variant == "grpo"} == set(sweep.LR_GRID)  # without cells: the grid
+    worse = dict(base, **{c.id: _fake_curves(c, {1e-5: 0.35}) for c in todo})
+    assert sweep.tuned(s, worse, "grpo")["lr"] == 3e-5
+    better = dict(base, **{c.id: _fake_curves(c, {1e-5: 0.5}) for c in todo})
+    assert sweep.tuned(s, better, "grpo")["lr"] == 1e-5  # the ladder's last rung: no further growth
+    # the upper edge grows upwards; an interior choice grows nothing
+    top = {c.id: _fake_curves(c, {1e-3: 0.6}) for c in sweep.tune_cells(s) if c.variant == "sft"}
+    assert sweep.tuned(s, top, "sft") is None
+    assert {c.lr for c in sweep.tune_cells(s, top) if c.variant == "sft"} == set(sweep.LR_GRID) | {3e-3}
+    mid = {c.id: _fake_curves(c, {1e-4: 0.6}) for c in sweep.tune_cells(s) if c.variant == "sft"}
+    assert sweep.tuned(s, mid, "sft")["lr"] == 1e-4
+
+
+def test_the_long_setting_reports_at_the_tuned_rate_for_its_own_step_count():
+    s, long = sweep.SETTINGS["pair"], sweep.SETTINGS["pair-long"]
+    done = {c.id: _fake_curves(c, {1e-4: 0.6}) for c in sweep.tune_cells(s)}
+    assert sweep.tune_cells(long, done) == []
+    assert sweep.tuned(long, done, "grpo") == {**sweep.tuned(s, done, "grpo"), "steps": long.report_steps}
+    for seed in long.seeds:
+        done[sweep.Cell(long.name, "initial", "initial", seed).id] = {}
+    report = [c for c in sweep.plan(done, [long]) if c.phase == "report"]
+    assert {c.variant for c in report} == set(long.variants) and {c.steps for c in report} == {600}
+    assert sorted({c.seed for c in report}) == list(long.seeds)

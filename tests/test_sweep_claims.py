@@ -39,7 +39,7 @@ def test_every_dial_setting_builds_its_world_and_valid_configs(tmp_path):
 
 
 def test_nothing_of_the_dials_runs_by_default():
-    assert [s.name for s in sweep.settings_named(",".join(sweep.DEFAULT_SETTINGS))] == ["pair"]
+    assert [s.name for s in sweep.settings_named(",".join(sweep.DEFAULT_SETTINGS))] == ["pair", "pair-long"]
     assert not any(c.setting != "pair" for c in sweep.plan({}, sweep.settings_named("pair")))
     with pytest.raises(SystemExit, match="unknown setting"):
         sweep.settings_named("trace-T9")
