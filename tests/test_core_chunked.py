@@ -14,6 +14,7 @@ from sgpo.core import (
     distill_loss_from_hidden,
     distill_loss_reference,
     forward_kl,
+    policy_kl_from_hidden,
     teacher_topk,
     token_logprobs_from_hidden,
     token_logprobs_reference,
@@ -249,3 +250,28 @@ def test_bf16_on_cpu():
 @pytest.mark.gpu
 def test_bf16_on_gpu():
     _low_precision_check("cuda")
+
+
+def test_policy_kl_by_hand_and_against_full_logits():
+    """KL(pi || pi_ref) per position: by hand on two tokens, then chunked against the full-logits
+    reference (forward_kl with the policy as the first distribution), zero for identical models."""
+    # pi = softmax([ln 3, 0]) = (3/4, 1/4), pi_ref uniform: 3/4 ln(3/2) + 1/4 ln(1/2) = 0.1308...
+    import math
+
+    h = torch.ones(1, 1, dtype=F64)
+    kl = policy_kl_from_hidden(h, torch.tensor([[math.log(3.0)], [0.0]], dtype=F64), h, torch.zeros(2, 1, dtype=F64))
+    assert float(kl) == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-12)
+    gen = torch.Generator().manual_seed(8)
+    h, h_ref = torch.randn(M, H, dtype=F64, generator=gen), torch.randn(M, H, dtype=F64, generator=gen)
+    w, w_ref = torch.randn(V, H, dtype=F64, generator=gen), torch.randn(V, H, dtype=F64, generator=gen)
+    b = torch.randn(V, dtype=F64, generator=gen)
+    ref = forward_kl(student_logits=(h_ref @ w_ref.T) / TEMPERATURE, teacher_logits=(h @ w.T + b) / TEMPERATURE)
+    for chunk in (3, 64):
+        out = policy_kl_from_hidden(h, w, h_ref, w_ref, lm_head_bias=b, temperature=TEMPERATURE, chunk_size=chunk)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    assert (ref > 0).all()
+    same = policy_kl_from_hidden(h, w, h, w, temperature=TEMPERATURE, chunk_size=4)
+    assert same.shape == (M,) and float(same.abs().max()) < 1e-12
+    assert policy_kl_from_hidden(h[:0], w, h_ref[:0], w_ref).shape == (0,)
+    with pytest.raises(ValueError, match="shape"):
+        policy_kl_from_hidden(h[:3], w, h_ref, w_ref)

@@ -78,5 +78,89 @@ def test_probe_needs_its_file():
 
     with pytest.raises(ValueError, match="eval.probe_file"):
         load_config(None, ["data.path=x.jsonl", "eval.probe_every=5"]).validate()
+    load_config(None, ["data.path=x.jsonl", "eval.probe_every=5", "eval.probe_guided_problems=4"]).validate()
+    with pytest.raises(ValueError, match="eval.probe_kl_initial is measured on the unguided probe"):
+        load_config(None, ["data.path=x.jsonl", "eval.probe_every=5", "eval.probe_guided_problems=4",
+                           "eval.probe_kl_initial=true"]).validate()
+    with pytest.raises(ValueError, match="eval.probe_guided_problems = -1: must be >= 0"):
+        load_config(None, ["data.path=x.jsonl", "eval.probe_guided_problems=-1"]).validate()
     with pytest.raises(ValueError, match="eval.probe_samples"):
         load_config(None, ["data.path=x.jsonl", "eval.probe_samples=0"]).validate()
+
+
+class _Recorded:
+    """The probe's generators, recording every prompt text they are asked to complete and the
+    completions they return (the guided probe's context; the KL's tokens)."""
+
+    calls: list = []
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def generate(self, prompts, sampling, n=1, **kw):
+        out = self.inner.generate(prompts, sampling, n=n, **kw)
+        _Recorded.calls.append((list(prompts), out))
+        return out
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_guided_probe_and_kl_to_the_initial_model(tmp_path, tiny_model_dir, monkeypatch, lora_rank):
+    """The guided probe asks for the guided rollouts' prompts of the first training problems with
+    a strategy (sgpo.trainer.rollouts.render_prompts); probe/kl_initial is the mean over the
+    unguided probe's completion tokens of the full-vocabulary KL(policy || initial) from full
+    logits, the initial model a frozen copy (kept only for it) or, under LoRA, the adapter off."""
+    import copy
+
+    from sgpo.data import build_problems
+    from sgpo.evaluation import runner
+    from sgpo.generation import make_generator
+    from sgpo.models import load_model, load_tokenizer
+    from sgpo.trainer.config import load_config
+    from sgpo.trainer.rollouts import render_prompts
+    from sgpo.trainer.trainer import Trainer
+    from tests.test_trainer_step import ROWS, ScriptedGenerator
+
+    _Recorded.calls = []
+    wrap = lambda *a, **kw: _Recorded(make_generator(*a, **kw))  # noqa: E731
+    monkeypatch.setattr(runner, "make_generator", wrap)
+    monkeypatch.setattr("sgpo.generation.make_generator", wrap)
+    write_jsonl(tmp_path / "probe.jsonl", [{"id": "p1", "problem": "What is 3 + 3?", "answer": "6"},
+                                           {"id": "p2", "problem": "What is 9 - 4?", "answer": "5"}])
+    cfg = load_config(None, ["data.path=unused", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
+                             "algorithm.samples_per_problem=6", "algorithm.group_guided=2", "algorithm.max_new_tokens=6",
+                             "training.prompts_per_step=4", "training.max_steps=2", "training.learning_rate=0.05",
+                             "run.progress=false", "run.save_steps=0", "run.save_final_model=false",
+                             f"run.output_dir={tmp_path / 'run'}", f"model.lora.rank={lora_rank}",
+                             "eval.probe_every=1", f"eval.probe_file={tmp_path / 'probe.jsonl'}",
+                             "eval.probe_guided_problems=2", "eval.probe_kl_initial=true"])
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    initial = copy.deepcopy(model).double().eval()
+    problems = build_problems(ROWS, "test")
+    trainer = Trainer(cfg, problems=problems, model=model, tokenizer=tok, generator=ScriptedGenerator(tok))
+    assert (trainer.initial is None) == bool(lora_rank) and trainer.teacher is None
+    result = trainer.train()
+    last = result.history[-1]
+    assert [r.get("probe/guided_n") for r in result.history] == [2.0, 2.0]
+    assert 0.0 <= last["probe/guided_accuracy"] <= 1.0 and "probe/avg@k" in last
+    guided = [prompts for prompts, _ in _Recorded.calls if "<strategy>" in prompts[0]]
+    want = render_prompts(tok, problems.problems[:2], guided=True, style=cfg.data.style())  # ids a, b
+    assert len(guided) == 2 and all(sorted(g) == sorted(want) for g in guided)
+    (prompts, outs), = [c for c in _Recorded.calls if "<strategy>" not in c[0][0]][-1:]
+    policy = copy.deepcopy(result.model)
+    policy = (policy.merge_and_unload() if lora_rank else policy).double().eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for prompt, group in zip(prompts, outs):
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            for c in group:
+                ids = torch.tensor([p + c.token_ids])
+                at = slice(len(p) - 1, len(p) + len(c.token_ids) - 1)
+                lp, lr = (torch.log_softmax(m(ids).logits[0, at], -1) for m in (policy, initial))  # [T, V]
+                total += float((lp.exp() * (lp - lr)).sum())
+                count += len(c.token_ids)
+    assert count > 0 and total > 0
+    # float32 trainer vs float64 reference; the reverse KL is 4e-3 away without LoRA (lr 0.05)
+    assert last["probe/kl_initial"] == pytest.approx(total / count, rel=1e-4)
+    lines = _lines(tmp_path / "run" / "probe.jsonl")
+    assert sorted(r["id"] for r in lines if r.get("guided")) == ["a", "a", "b", "b"]

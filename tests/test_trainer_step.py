@@ -418,3 +418,28 @@ def test_competence_is_merged_from_every_process():
     assert states[0] == states[1] == single and set(single) == {"a", "b", "c", "d"}
     # second visit: c = 0.5 * p_a + 0.5 * p_a = p_a, so w_a = clip((1 - 0.25) / 1, 0, 1) * (1 - 0.25)
     assert float(w_single[0]) == pytest.approx(0.75 * 0.75, abs=1e-5)
+
+
+RATIO_KEYS = ("rl/ratio_min", "rl/ratio_p05", "rl/ratio_p50", "rl/ratio_p95", "rl/ratio_max")
+
+
+def test_ratio_quantiles_are_one_on_policy_and_move_with_two_epochs(tmp_path, peaky_model_dir, default_step):
+    """One update per rollout: pi_old is the current policy, every RL ratio is exactly 1. Two PPO
+    epochs: the second update's ratios are the moved policy's; the quantiles are those of every
+    RL token of both updates (torch.quantile's on the concatenated ratios)."""
+    from sgpo.trainer.metrics import StepMetrics
+
+    tr = default_step["trainer"]
+    one = StepMetrics.build(tr.accelerator, 1, default_step["batch"], default_step["metrics"], updates=1)
+    assert [one[k] for k in RATIO_KEYS] == [1.0] * 5
+    two, _ = _trainer(tmp_path, peaky_model_dir, "algorithm.ppo_epochs=2", "training.learning_rate=0.05",
+                      "training.max_grad_norm=0", name="epochs")
+    batch = two.rollout(PhaseTimer())
+    metrics, updates = two.update(batch.sequences)
+    rec = StepMetrics.build(two.accelerator, 1, batch, metrics, updates=len(updates))
+    ratios = torch.cat([m["rl/ratio_per_token"] for m in metrics if "rl/ratio_per_token" in m]).double()
+    assert ratios.numel() == 2 * sum(len(s.completion_ids) for s in batch.sequences if s.role == "rl")
+    assert rec["rl/ratio_min"] < 0.99 and rec["rl/ratio_max"] > 1.01, rec
+    for key, q in zip(RATIO_KEYS[1:4], (0.05, 0.5, 0.95)):
+        assert rec[key] == pytest.approx(float(torch.quantile(ratios, q)), rel=1e-12)
+    assert (rec["rl/ratio_min"], rec["rl/ratio_max"]) == (float(ratios.min()), float(ratios.max()))

@@ -12,6 +12,7 @@ from sgpo.core.chunked import (
     distill_loss_from_hidden,
     distill_loss_reference,
     head_logprobs,
+    policy_kl_from_hidden,
     token_logprobs_from_hidden,
     token_logprobs_reference,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "luffy_offpolicy_loss",
     "masked_mean",
     "nll_loss",
+    "policy_kl_from_hidden",
     "policy_objective",
     "psft_clip_loss",
     "reverse_kl",

@@ -16,6 +16,8 @@ than [chunk_size, V] logits at once in forward or backward:
   backward (its output feeds several terms, so gradients are not formed early).
 - :func:`head_logprobs`: the same chunked pass without gradient, for what the trainer freezes
   at rollout time: the teacher's top-k targets and the old student's log-probs.
+- :func:`policy_kl_from_hidden`: the exact per-position KL of the policy to a reference model
+  (the initial one) over the full vocabulary, without gradient, for the probe's drift measure.
 
 Each has a plain full-logits autograd reference (``*_reference``) used by the equivalence tests.
 Logits are produced by a matmul in the input dtype (bf16 on GPU, like the model's own LM head)
@@ -418,3 +420,32 @@ def head_logprobs(
     empty = hidden.new_zeros(0, dtype=compute_dtype(hidden.dtype))
     return HeadLogprobs(cat(logp) if logp else empty,
                         cat(sup_ids) if top_k is not None else support_ids, cat(sup_lp))
+
+
+@torch.no_grad()
+def policy_kl_from_hidden(
+    hidden: torch.Tensor,  # [M, H] the policy's hidden states
+    lm_head_weight: torch.Tensor,  # [V, H] the policy's LM head
+    ref_hidden: torch.Tensor,  # [M, H] the reference model's hidden states at the same positions
+    ref_lm_head_weight: torch.Tensor,  # [V, H]
+    *,
+    lm_head_bias: torch.Tensor | None = None,  # [V]
+    ref_lm_head_bias: torch.Tensor | None = None,  # [V]
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> torch.Tensor:  # [M]
+    """Per position the exact KL(pi || pi_ref) = sum_v pi(v) [log pi(v) - log pi_ref(v)] over
+    the full vocabulary, pi = softmax(h W^T / temperature) the policy's next-token distribution
+    and pi_ref the reference's (the initial model: the probe's drift measure), never holding
+    more than two [chunk_size, V] logits at once. No gradient."""
+    m = hidden.shape[0]
+    if hidden.shape != ref_hidden.shape or lm_head_weight.shape != ref_lm_head_weight.shape \
+            or lm_head_weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"shape mismatch: hidden {tuple(hidden.shape)}, ref_hidden {tuple(ref_hidden.shape)}, "
+                         f"weight {tuple(lm_head_weight.shape)}, ref weight {tuple(ref_lm_head_weight.shape)}")
+    out = [hidden.new_zeros(0, dtype=compute_dtype(hidden.dtype))]
+    for sl in _chunks(m, chunk_size):
+        lp = torch.log_softmax(_head_logits(hidden[sl], lm_head_weight, lm_head_bias, temperature), -1)  # [c, V]
+        lr = torch.log_softmax(_head_logits(ref_hidden[sl], ref_lm_head_weight, ref_lm_head_bias, temperature), -1)
+        out.append(bucket_divergence(student_lp=lr, teacher_lp=lp, kind="forward"))  # KL(pi || pi_ref) [c]
+    return torch.cat(out)

@@ -39,7 +39,8 @@ def clipped_policy_loss(
 
     Metrics (detached, masked means over loss tokens): ``clip_frac_low`` counts tokens with
     A < 0 and r < 1 - eps_low, ``clip_frac_high`` tokens with A > 0 and r > 1 + eps_high
-    (exactly the tokens whose gradient the clip removes); ``ratio_mean`` is the mean ratio.
+    (exactly the tokens whose gradient the clip removes); ``ratio_mean`` is the mean ratio and
+    ``ratio_per_token`` the ratio of every loss token ([M_loss], for the step's quantiles).
     """
     mask = _mask(mask, logp)
     keep = mask != 0
@@ -57,6 +58,7 @@ def clipped_policy_loss(
             "clip_frac_low": masked_mean(low, keep),
             "clip_frac_high": masked_mean(high, keep),
             "ratio_mean": masked_mean(r, keep),
+            "ratio_per_token": r[keep],  # [M_loss]
         }
     return per_token, metrics
 

@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[float, bool, float | None]] = {
     "reward.threads": (0, False, None),
     "eval.probe_every": (0, False, None),
     "eval.probe_samples": (1, False, None),
+    "eval.probe_guided_problems": (0, False, None),
     "eval.probe_temperature": (0.0, False, None),
     "eval.probe_top_p": (0.0, True, 1.0),
 }

@@ -142,13 +142,19 @@ class RunConfig:
 
 @dataclass
 class ProbeConfig:
-    """The learning-curve probe: unguided accuracy on a fixed problem file during training."""
+    """The learning-curve probe: unguided accuracy on a fixed problem file (guided accuracy, KL to the initial model)."""
 
     probe_every: int = 0  # probe every N steps and at the last step; 0 = no probe
     probe_file: str = ""  # JSONL/Parquet with id, problem, answer (strategies are ignored: unguided)
     probe_samples: int = 2  # k samples per probe problem (probe/avg@k)
     probe_temperature: float = 0.6  # sampling temperature of the probe
     probe_top_p: float = 0.95  # nucleus sampling of the probe
+    # guided probe: the first N training problems that have a strategy (data order, after the leak
+    # filter), rendered with it as the guided rollouts are (probe/guided_accuracy); 0 = none
+    probe_guided_problems: int = 0
+    # probe/kl_initial: mean per-token KL(policy || initial model) on the unguided probe's completions
+    # (needs eval.probe_file); without LoRA a frozen copy of the initial model is kept for it
+    probe_kl_initial: bool = False
 
 
 @dataclass
@@ -217,8 +223,13 @@ class TrainConfig:
             raise ValueError(f"data.min_strategy_coverage = {self.data.min_strategy_coverage}: must be in [0, 1]")
         if not self.data.path:
             raise ValueError("data.path is required (a JSONL/Parquet file or a dataset)")
-        if self.eval.probe_every and not self.eval.probe_file:
-            raise ValueError(f"eval.probe_every = {self.eval.probe_every} needs eval.probe_file (the probe problems)")
+        e = self.eval
+        if e.probe_every and not (e.probe_file or e.probe_guided_problems):
+            raise ValueError(f"eval.probe_every = {e.probe_every} needs eval.probe_file (the probe problems) "
+                             "or eval.probe_guided_problems")
+        if e.probe_kl_initial and not (e.probe_every and e.probe_file):
+            raise ValueError("eval.probe_kl_initial is measured on the unguided probe's completions: it needs "
+                             f"eval.probe_every > 0 and eval.probe_file (got {e.probe_every}, {e.probe_file!r})")
         self.data.style()  # checks data.fewshot and data.prompt_format
         self.reward.validate()
         self.model.lora.validate()

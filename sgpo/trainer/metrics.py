@@ -77,6 +77,28 @@ def throughput(total_tokens: float | None, step_seconds: float, devices: int) ->
     return {"perf/tokens_per_s": per_s, "perf/throughput": per_s / devices}
 
 
+RATIO_QUANTILES = {"rl/ratio_p05": 0.05, "rl/ratio_p50": 0.5, "rl/ratio_p95": 0.95}
+
+
+def quantile(sorted_values: torch.Tensor, q: float) -> float:
+    """The q-quantile of ascending values, linear between the two nearest ranks (torch.quantile's
+    default, which refuses more than 2^24 values: a long run's step has more RL tokens)."""
+    pos = q * (sorted_values.numel() - 1)
+    lo, frac = int(pos), pos - int(pos)
+    hi = min(lo + 1, sorted_values.numel() - 1)
+    return float(sorted_values[lo] + frac * (sorted_values[hi] - sorted_values[lo]))
+
+
+def ratio_quantiles(ratios: torch.Tensor) -> dict[str, float]:
+    """``rl/ratio_p05``, ``_p50``, ``_p95``, ``_min``, ``_max`` of the RL importance ratios of every
+    token of the step's updates (all 1 with one update per rollout); {} without RL tokens."""
+    if not ratios.numel():
+        return {}
+    v = ratios.double().sort().values
+    return {**{k: quantile(v, q) for k, q in RATIO_QUANTILES.items()},
+            "rl/ratio_min": float(v[0]), "rl/ratio_max": float(v[-1])}
+
+
 def _loss_metrics(acc: Any, micro: list[dict[str, torch.Tensor]], updates: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in _SUMMED:
@@ -91,6 +113,8 @@ def _loss_metrics(acc: Any, micro: list[dict[str, torch.Tensor]], updates: int) 
         out["distill/kl_mean"] = float(kl_all.mean())
         out["distill/top10_share"] = top_share(kl_all, 0.1)
         out["distill/tokens"] = float(kl_all.numel())
+    ratios = [m["rl/ratio_per_token"].float() for m in micro if "rl/ratio_per_token" in m]
+    out.update(ratio_quantiles(_gather(acc, torch.cat(ratios) if ratios else torch.zeros(0))))
     for key in ("distill/masked_frac", "rl/clip_frac_low", "rl/clip_frac_high", "rl/ratio_mean"):
         vals = torch.tensor([float(m[key]) for m in micro if key in m])
         vals = _gather(acc, vals)

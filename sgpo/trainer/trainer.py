@@ -27,6 +27,7 @@ from sgpo.trainer import methods
 from sgpo.trainer.methods import StepBatch, StepContext
 from sgpo.trainer.specs import method_spec
 from sgpo.trainer.metrics import StepMetrics
+from sgpo.trainer.probe import RecordingGenerator, guided_probe_rows, kl_to_reference
 from sgpo.trainer.signals import StopSignals
 from sgpo.trainer.update import is_deepspeed, optimizer_update
 
@@ -103,9 +104,10 @@ class Trainer:
         self.reward_functions = RewardFunctions(cfg.reward)  # imported before the model loads: errors come early
         self.tokenizer, lm = self._load_model(model, tokenizer)
         lora = cfg.model.lora
-        # teacher: initial is a frozen second copy, except under LoRA: the policy with its adapter off.
-        # An in-memory model (single process, not partitioned) is copied; otherwise the path is reloaded
-        second_copy = cfg.algorithm.teacher == "initial" and not lora.enabled
+        # teacher: initial (and the probe's KL reference) is a frozen second copy, except under LoRA: the
+        # policy with its adapter off. An in-memory model (single process, not partitioned) is copied;
+        # otherwise the path is reloaded
+        second_copy = (cfg.algorithm.teacher == "initial" or cfg.eval.probe_kl_initial) and not lora.enabled
         initial = copy.deepcopy(lm) if model is not None and second_copy else None
         if lora.enabled:
             from sgpo.lora import add_adapter
@@ -131,9 +133,11 @@ class Trainer:
             from sgpo.lora import register_adapter_checkpoints
 
             register_adapter_checkpoints(self.accelerator, self.module)  # single process, DDP: the adapter alone
-        self.teacher = self._frozen_initial_policy(initial) if second_copy else None
+        self.initial = self._frozen_initial_policy(initial) if second_copy else None
+        self.teacher = self.initial if cfg.algorithm.teacher == "initial" else None
         self.generator, self.fixed_generator = generator, generator is not None
         self.probe_rows = _probe_rows(cfg)
+        self.guided_probe_rows = guided_probe_rows(self.problems.problems, cfg.eval.probe_guided_problems)
         self.step, self.competence, self.skipped, self.nonfinite_run = 0, {}, 0, 0
         self.history: list[dict[str, float]] = []
         if self.accelerator.is_main_process:
@@ -364,34 +368,78 @@ class Trainer:
     def probe(self) -> dict[str, float]:
         """Unguided accuracy on ``eval.probe_file`` every ``eval.probe_every`` steps and at the
         last step (``probe/avg@k``, ``probe/pass@k``, ``probe/n``), scored by the evaluation's
-        own path (:func:`sgpo.evaluation.runner.evaluate_records`). Each process samples its
-        share of the problems; per-problem scores go to ``probe.jsonl`` in the run folder."""
+        own path (:func:`sgpo.evaluation.runner.evaluate_records`); guided accuracy on the
+        ``eval.probe_guided_problems`` training problems (``probe/guided_*``) and the KL of the
+        policy to the initial model on the unguided probe's completions (``probe/kl_initial``,
+        :mod:`sgpo.trainer.probe`) when asked. Each process samples its share of the problems;
+        per-problem scores go to ``probe.jsonl`` in the run folder (guided ones marked)."""
         e, acc = self.cfg.eval, self.accelerator
         if not e.probe_every or (self.step % e.probe_every and self.step != self.cfg.training.max_steps):
             return {}
         from sgpo.compat import unwrap_model_for_generation
-        from sgpo.evaluation.metrics import mean_pass_at_k, per_problem_accuracy
-        from sgpo.evaluation.runner import evaluate_records
-        from sgpo.generation import SamplingConfig
-        from sgpo.io import append_jsonl
+        from sgpo.generation import SamplingConfig, make_generator
 
         sampling = SamplingConfig(temperature=e.probe_temperature, top_p=e.probe_top_p,
                                   max_new_tokens=self.cfg.algorithm.max_new_tokens, seed=self.cfg.training.seed)
-        mine = self.probe_rows[acc.process_index::acc.num_processes]
+        out: dict[str, float] = {}
         with unwrap_model_for_generation(self.module, acc) as unwrapped:
-            _, records = evaluate_records(unwrapped.lm, self.tokenizer, mine, "probe", sampling, e.probe_samples,
-                                          batch_size=self.cfg.system.generation_batch_size, show_progress=False,
-                                          style=self.cfg.data.style(), model_id=f"probe-step-{self.step}")
-        rows = [{"step": self.step, "id": r["id"], "scores": r["scores"]} for r in records]
+            lm = unwrapped.lm
+            recorder = None  # keeps the unguided probe's samples for the KL; samples as evaluate_records' own would
+            if e.probe_kl_initial:
+                batch = self.cfg.system.generation_batch_size
+                recorder = RecordingGenerator(make_generator("hf", lm, self.tokenizer, batch_size=batch), self.tokenizer)
+            if self.probe_rows:
+                out.update(self._probe_split(lm, self.probe_rows, "probe", sampling, recorder))
+            if self.guided_probe_rows:
+                out.update(self._probe_split(lm, self.guided_probe_rows, "probe/guided", sampling, None))
+            if recorder is not None:
+                out["probe/kl_initial"] = self._kl_initial(lm, recorder.pairs)
+        return out
+
+    def _probe_split(self, lm: Any, rows: list[dict[str, Any]], prefix: str, sampling: Any,
+                     generator: Any) -> dict[str, float]:
+        """One probed set: ``probe`` (unguided) logs avg@k, pass@k, n; ``probe/guided`` logs
+        ``probe/guided_accuracy`` (its avg@k), ``_pass@k``, ``_n``."""
+        from sgpo.evaluation.metrics import mean_pass_at_k, per_problem_accuracy
+        from sgpo.evaluation.runner import evaluate_records
+        from sgpo.io import append_jsonl
+
+        acc, e, guided = self.accelerator, self.cfg.eval, prefix != "probe"
+        mine = rows[acc.process_index::acc.num_processes]
+        _, records = evaluate_records(lm, self.tokenizer, mine, prefix.replace("/", "-"), sampling, e.probe_samples,
+                                      generator=generator, batch_size=self.cfg.system.generation_batch_size,
+                                      show_progress=False, style=self.cfg.data.style(),
+                                      model_id=f"probe-step-{self.step}")
+        lines = [{"step": self.step, "id": r["id"], "scores": r["scores"], **({"guided": True} if guided else {})}
+                 for r in records]
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
-            rows = gather_object(rows)
+            lines = gather_object(lines)
         if acc.is_main_process:
-            append_jsonl(self.out / "probe.jsonl", rows)
-        scores = [r["scores"] for r in rows]
-        return {"probe/avg@k": float(sum(per_problem_accuracy(scores)) / len(scores)),
-                "probe/pass@k": mean_pass_at_k(scores, e.probe_samples), "probe/n": float(len(scores))}
+            append_jsonl(self.out / "probe.jsonl", lines)
+        scores = [r["scores"] for r in lines]
+        avg, pass_k = float(sum(per_problem_accuracy(scores)) / len(scores)), mean_pass_at_k(scores, e.probe_samples)
+        if guided:
+            return {"probe/guided_accuracy": avg, "probe/guided_pass@k": pass_k, "probe/guided_n": float(len(scores))}
+        return {"probe/avg@k": avg, "probe/pass@k": pass_k, "probe/n": float(len(scores))}
+
+    def _kl_initial(self, lm: Any, pairs: list[tuple[list[int], list[int]]]) -> float:
+        """Mean per-token KL(policy || initial model) over the probe completions of every process."""
+        from sgpo.compat import unwrap_model_for_generation
+
+        acc, s = self.accelerator, self.cfg.system
+        ctx = unwrap_model_for_generation(self.initial, acc) if self.initial is not None else nullcontext(lm)
+        with ctx as initial:  # without a copy (LoRA): the policy itself, its adapter off
+            total, count = kl_to_reference(lm, initial, pairs, pad_id=self.pad_id, batch_size=s.micro_batch_size,
+                                           chunk_size=s.chunk_size, temperature=self.cfg.algorithm.temperature,
+                                           reference_adapter_off=self.initial is None)
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object([(total, count)])
+            total, count = sum(t for t, _ in parts), sum(c for _, c in parts)
+        return total / count if count else float("nan")
 
     def _finish(self) -> TrainResult:
         acc = self.accelerator
