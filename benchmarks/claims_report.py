@@ -15,6 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep  # noqa: E402
+import sweep_claims  # noqa: E402
 from _results import write_results  # noqa: E402
 
 from sgpo.evaluation import stats  # noqa: E402
@@ -90,9 +91,14 @@ def results_table(done: dict[str, dict], settings: list[str]) -> list[str]:
     return lines + [""]
 
 
-def collapse(cell: dict[str, Any], window: int = 5) -> bool:
-    """Guided success collapsed: a later window's mean ``p_guided`` (the step's own problems;
-    the fixed training probe of the plan is not built) below half of the first window's."""
+def collapse(cell: dict[str, Any], window: int = 5, initial: dict[str, Any] | None = None) -> bool:
+    """Guided success collapsed: the plan's rule where the cell recorded the guided training probe
+    and its seed's initial cell its step-0 value (:func:`sweep_claims.collapsed`); otherwise (cells
+    from before the probe) a later window's mean ``p_guided`` (the step's own problems) below half
+    of the first window's."""
+    rule = sweep_claims.collapsed(cell, initial, sweep.GUIDED_PROBE_SPLIT)
+    if rule is not None:
+        return rule
     series = [v for _, v in cell.get("metrics", {}).get("p_guided", [])]
     if len(series) < 2 * window:
         return False
@@ -103,13 +109,15 @@ def collapse(cell: dict[str, Any], window: int = 5) -> bool:
 def proximal_table(done: dict[str, dict]) -> list[str]:
     lines = ["| setting | variant | seeds | collapsed | peak | final | area under the curve |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for name in sweep.GROUPS["proximal"]:
+    for name in sweep.GROUPS["proximal"] + sweep.GROUPS["proximal-controls"]:
+        initial = _cells(done, name, "initial")
         for v in sweep.setting_variants(sweep.SETTINGS[name]):
             cells = _cells(done, name, v.label)
             if not cells:
                 continue
             curves = [[p["accuracy"] for p in c["curve"]] for c in cells.values() if c.get("curve")]
-            lines.append(f"| {name} | {v.label} | {len(cells)} | {sum(collapse(c) for c in cells.values())} | "
+            n_collapsed = sum(collapse(c, initial=initial.get(seed)) for seed, c in cells.items())
+            lines.append(f"| {name} | {v.label} | {len(cells)} | {n_collapsed} | "
                          f"{_ms([max(c) for c in curves])} | {_ms([c[-1] for c in curves])} | "
                          f"{_ms([statistics.fmean(c) for c in curves])} |")
     return lines + [""]
@@ -195,7 +203,7 @@ def report(cells_dir: Path, out: Path) -> int:
             f"Rebuilt from the {len(done)} cells in `{cells_dir.name}/` by `python benchmarks/claims_report.py`. Grids "
             "and predictions: `benchmarks/results/claims-plan.md` (committed before these results).", ""]
     data: dict[str, Any] = {"cells": len(done)}
-    for group in ("trace", "kl", "proximal", "quality", "competence", "capacity"):
+    for group in ("trace", "kl", "proximal", "proximal-controls", "quality", "competence", "capacity"):
         text += [f"## {group}", ""] + results_table(done, list(sweep.GROUPS[group]))
         if group == "proximal":
             text += proximal_table(done)

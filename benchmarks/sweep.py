@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -115,6 +115,10 @@ SETTINGS: dict[str, Setting] = {
 DEFAULT_SETTINGS = ("pair", "pair-long")  # what run/status/report do without --settings
 EXTRA_VARIANTS: tuple[Variant, ...] = ()  # variants only some settings run (Setting.variants)
 GROUPS: dict[str, tuple[str, ...]] = {}  # a name for several settings (--settings GROUP)
+# setting name -> whether its cells may run yet, read from the done cells (a setting chosen by
+# other settings' results: the proximal dial's controls, sweep_claims.py); ungated settings always may
+GATES: dict[str, Callable[[dict[str, dict[str, Any]]], bool]] = {}
+GUIDED_PROBE_SPLIT = "train-guided-probe"  # the trainer's guided probe problems (eval.probe_guided_problems)
 
 
 def setting_variants(s: Setting) -> list[Variant]:
@@ -249,6 +253,8 @@ def plan(done: dict[str, dict[str, Any]], settings: list[Setting]) -> list[Cell]
     another cell is pre-training)."""
     todo: list[Cell] = []
     for s in settings:
+        if s.name in GATES and not GATES[s.name](done):
+            continue
         todo += [c for c in tune_cells(s, done) if c.id not in done]
         choices = {v.label: tuned(s, done, v.label) for v in setting_variants(s)}
         for seed in s.seeds:
@@ -288,6 +294,10 @@ def write_data(s: Setting, seed: int, work: Path) -> dict[str, Path]:
     paths["probe-test"] = d / "probe-test.jsonl"
     write_jsonl(paths["probe-test"], [r for split in ("heldout", "transfer") if split in rows
                                       for r in rows[split][: s.probe_problems]])
+    guided = s.overrides.get("eval", {}).get("probe_guided_problems", 0)
+    if guided:  # the problems the trainer's guided probe takes: the first training rows with a strategy
+        paths[GUIDED_PROBE_SPLIT] = d / f"{GUIDED_PROBE_SPLIT}.jsonl"
+        write_jsonl(paths[GUIDED_PROBE_SPLIT], [r for r in rows["train"] if r.get("strategy")][:guided])
     return paths
 
 
@@ -418,6 +428,9 @@ def run_cell(cell: Cell, cells_dir: Path, work: Path) -> dict[str, Any]:
                   for split in REPORTED_SPLITS if split in data}
         splits["heldout-guided"] = evaluate_split(model, tok, data["heldout"], "heldout-guided", s, cell.seed,
                                                   out / "eval", guided=True)
+        if GUIDED_PROBE_SPLIT in data:  # the guided probe's step-0 value (the proximal dial's collapse reference)
+            splits[GUIDED_PROBE_SPLIT] = evaluate_split(model, tok, data[GUIDED_PROBE_SPLIT], GUIDED_PROBE_SPLIT, s,
+                                                        cell.seed, out / "eval", guided=True)
         probe = evaluate_split(model, tok, data["probe-test"], "probe-test", s, cell.seed, out / "eval")
         rec.update(splits=splits, probe_accuracy=probe["avg@k"], capability=capability(model, tok, data))
     else:

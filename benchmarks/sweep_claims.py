@@ -9,7 +9,9 @@ group of settings; nothing runs unless named, the issue-16 setting ``pair`` stay
     PYTHONPATH=. python benchmarks/claims_report.py        # the dials' tables, from the cells
 
 Groups: ``trace`` (trace styles T0-T5), ``kl`` (KL vs imitation with partial strategies and
-G_g), ``proximal`` (updates per rollout x learning rate x constraint), ``quality`` (wrong or
+G_g), ``proximal`` (updates per rollout x learning rate x constraint), ``proximal-controls`` (the
+initial model as teacher and the RL term off, gated: only the collapsing setting's run, once the
+grid's ``none`` cells name it, :func:`collapsing_setting`), ``quality`` (wrong or
 partial strategies x distill_on x weight mode), ``competence`` (biased pre-training prior),
 ``capacity`` (model sizes and pre-training lengths); ``claims`` is all of them. A dial's
 settings take the base setting's tuning choices (``tune_from="pair"``) except where the dial is
@@ -22,9 +24,16 @@ from types import ModuleType
 
 FIVE = tuple(range(5))
 TEN = tuple(range(10))
-# what the proximal and KL dials read from the trainer's metrics, per step
+# what the proximal and KL dials read from the trainer's metrics, per step (the probe's at probe steps)
 STABILITY_METRICS = ("p_auto", "p_guided", "distill/masked_frac", "distill/kl_mean", "rl/ratio_mean",
-                     "rl/clip_frac_low", "rl/clip_frac_high", "grad_norm", "loss/distill", "loss/rl")
+                     "rl/clip_frac_low", "rl/clip_frac_high", "grad_norm", "loss/distill", "loss/rl",
+                     "rl/ratio_p05", "rl/ratio_p50", "rl/ratio_p95", "rl/ratio_max",
+                     "probe/avg@k", "probe/guided_accuracy", "probe/kl_initial")
+# the proximal dial's probes: guided success on the first 32 training problems with their strategy,
+# the policy's KL to the initial model on the unguided probe's completions
+PROXIMAL_PROBE = {"probe_guided_problems": 32, "probe_kl_initial": True}
+# the controls at the collapsing setting: the initial model as teacher (with none and c2), the RL term off
+CONTROLS = ("sgpo-none-initial", "sgpo-initial", "sgpo-none-norl")
 SELECTIVITY_METRICS = ("p_auto", "p_guided", "distill/kl_mean", "distill/top10_share", "weight/mean")
 
 # reported seeds per trace style: 10 where the issue asks for them (T0, T2, T4), else 5
@@ -51,13 +60,17 @@ def variants(m: ModuleType) -> tuple:
     for mode in ("marginal", "need", "competence", "constant"):
         label = "sgpo-all" if mode == "marginal" else f"sgpo-all-{mode}"
         out.append(V(label, "sgpo", alg(distill_on="all", weight_mode=mode), tune_as="sgpo"))
+    out += [V("sgpo-none-initial", "sgpo", {"loss": {"proximal": "none"}, "algorithm": {"teacher": "initial"}},
+              tune_as="sgpo"),
+            V("sgpo-initial", "sgpo", alg(teacher="initial"), tune_as="sgpo"),
+            V("sgpo-none-norl", "sgpo", loss(proximal="none", rl_coef=0.0), tune_as="sgpo")]
     return tuple(out)
 
 
 def settings(m: ModuleType) -> dict[str, dict]:
     """name -> Setting fields, per group."""
-    groups: dict[str, dict[str, dict]] = {g: {} for g in ("trace", "kl", "proximal", "quality", "competence",
-                                                          "capacity")}
+    groups: dict[str, dict[str, dict]] = {g: {} for g in ("trace", "kl", "proximal", "proximal-controls", "quality",
+                                                          "competence", "capacity")}
     base = {"tune_from": "pair"}
     luffy3 = ("luffy-g0.01", "luffy", "luffy-g1")
     for style, seeds in TRACE_SEEDS.items():
@@ -87,9 +100,11 @@ def settings(m: ModuleType) -> dict[str, dict]:
         if u == 8:
             modes += ("sgpo-tau0.1", "sgpo-tau0.5")
         for lr in (1e-4, 3e-4, 1e-3):
-            groups["proximal"][f"prox-u{u}-lr{lr:.0e}"] = dict(
-                overrides={"algorithm": {"ppo_epochs": epochs, "mini_batches": minis}}, fixed_lr=lr, variants=modes,
-                step_budget=100, probe_every=10, seeds=FIVE, record_metrics=STABILITY_METRICS)
+            fields = dict(overrides={"algorithm": {"ppo_epochs": epochs, "mini_batches": minis}, "eval": PROXIMAL_PROBE},
+                          fixed_lr=lr, step_budget=100, probe_every=10, seeds=FIVE, record_metrics=STABILITY_METRICS)
+            groups["proximal"][f"prox-u{u}-lr{lr:.0e}"] = dict(fields, variants=modes)
+            # run only at the collapsing setting, once the grid's `none` cells say which it is (GATES)
+            groups["proximal-controls"][f"prox-u{u}-lr{lr:.0e}-controls"] = dict(fields, variants=CONTROLS)
     all_modes = ("sgpo-all", "sgpo-all-need", "sgpo-all-competence", "sgpo-all-constant")
     quality = {"w0": {}, "w10": {"strategy_wrong_share": 0.1}, "w30": {"strategy_wrong_share": 0.3},
                "w50": {"strategy_wrong_share": 0.5}, "p30": {"strategy_partial_share": 0.3}}
@@ -111,8 +126,39 @@ def settings(m: ModuleType) -> dict[str, dict]:
     return groups
 
 
+def collapsed(cell: dict, initial: dict | None, guided_split: str) -> bool | None:
+    """The plan's collapse: the guided training-probe success (``probe/guided_accuracy``) falls
+    below half of its step-0 value (the seed's initial cell on the same problems) at any probe;
+    None when either is missing."""
+    series = cell.get("metrics", {}).get("probe/guided_accuracy")
+    start = (initial or {}).get("splits", {}).get(guided_split, {}).get("avg@k")
+    if not series or start is None:
+        return None
+    return any(v < 0.5 * start for _, v in series)
+
+
+def collapsing_setting(m: ModuleType, done: dict[str, dict]) -> str | None:
+    """The proximal grid's collapsing setting (claims-plan.md, dial 3): the (U, lr) setting whose
+    ``sgpo-none`` cells collapse in the most seeds, ties to the smaller U, then the smaller lr
+    (the grid's order). None until every such cell and its seed's initial cell is done, and
+    when no seed collapses anywhere (the controls then have nothing to explain)."""
+    best, most = None, 0
+    for name in m.GROUPS["proximal"]:
+        s = m.SETTINGS[name]
+        cells = [done.get(m.Cell(name, "report", "sgpo-none", seed, s.fixed_lr).id) for seed in s.seeds]
+        initial = [done.get(m.Cell(name, "initial", "initial", seed).id) for seed in s.seeds]
+        if any(c is None for c in cells + initial):
+            return None
+        flags = [collapsed(c, i, m.GUIDED_PROBE_SPLIT) for c, i in zip(cells, initial)]
+        if any(f is None for f in flags):
+            return None
+        if sum(flags) > most:  # type: ignore[arg-type]
+            best, most = name, sum(flags)  # type: ignore[arg-type]
+    return best
+
+
 def register(m: ModuleType) -> None:
-    """Add the dials to the harness module ``m`` (its SETTINGS, EXTRA_VARIANTS and GROUPS)."""
+    """Add the dials to the harness module ``m`` (its SETTINGS, EXTRA_VARIANTS, GROUPS and GATES)."""
     m.EXTRA_VARIANTS = tuple(v for v in m.EXTRA_VARIANTS if v.label not in {x.label for x in variants(m)}) + variants(m)
     groups = settings(m)
     for group, entries in groups.items():
@@ -120,4 +166,7 @@ def register(m: ModuleType) -> None:
             m.SETTINGS[name] = m.Setting(name, **fields)
         m.GROUPS[group] = tuple(entries)
     m.GROUPS["claims"] = tuple(n for g in groups.values() for n in g)
+    for name in groups["proximal-controls"]:
+        base = name.removesuffix("-controls")
+        m.GATES[name] = lambda done, base=base: collapsing_setting(m, done) == base
 

@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import sweep  # noqa: E402
 
 
+FIVE = tuple(range(5))
+
+
 def _claims():
     return [sweep.SETTINGS[n] for n in sweep.GROUPS["claims"]]
 
@@ -72,7 +75,8 @@ def test_tuning_is_inherited_retuned_or_fixed_as_declared():
     assert sorted({c.seed for c in todo}) == list(range(5))
     prox = sweep.SETTINGS["prox-u8-lr1e-03"]
     assert sweep.tune_cells(prox) == [] and sweep.tuned(prox, {}, "sgpo-c1") == {"lr": 1e-3, "steps": 100}
-    assert prox.overrides == {"algorithm": {"ppo_epochs": 2, "mini_batches": 4}}
+    assert prox.overrides == {"algorithm": {"ppo_epochs": 2, "mini_batches": 4},
+                              "eval": {"probe_guided_problems": 32, "probe_kl_initial": True}}
 
 
 def test_two_stage_variant_waits_for_its_first_stage():
@@ -162,3 +166,106 @@ def test_claims_report_from_cells(tmp_path):
     t2 = [t for t in trace if t["b"] == "trace-T2/sft" and t["split"] == "heldout"][0]
     assert t2["a"] == "pair/sgpo" and t2["mean_diff"] == pytest.approx(0.3) and t2["significant"]
     assert "| prox-u8-lr1e-03 | sgpo-none | 5 | 5 |" in text and "| prox-u8-lr1e-03 | sgpo | 5 | 0 |" in text
+
+
+NEW_METRICS = ("probe/guided_accuracy", "probe/kl_initial", "rl/ratio_p05", "rl/ratio_p50", "rl/ratio_p95",
+               "rl/ratio_max", "distill/masked_frac", "grad_norm")
+
+
+def test_proximal_cells_probe_guided_record_the_instruments_and_the_controls_switch_one_thing(tmp_path):
+    """Every proximal setting (and its controls) probes 32 training problems guided, the same ones
+    its initial cell measures at step 0, and the KL to the initial model, and keeps those metrics;
+    the controls are the base's `none` / c2 with the initial model as teacher and `none` with the RL
+    term off, at the base's updates per rollout and learning rate."""
+    from sgpo.trainer.probe import guided_probe_rows
+    from sgpo.trainer.trainer import load_training_problems
+
+    assert set(sweep.GROUPS["claims"]) >= set(sweep.GROUPS["proximal-controls"])
+    for name in sweep.GROUPS["proximal"]:
+        base, ctl = sweep.SETTINGS[name], sweep.SETTINGS[f"{name}-controls"]
+        assert ctl.variants == ("sgpo-none-initial", "sgpo-initial", "sgpo-none-norl")
+        assert (ctl.overrides, ctl.fixed_lr, ctl.seeds, ctl.record_metrics) == \
+               (base.overrides, base.fixed_lr, base.seeds, base.record_metrics)
+        assert set(base.record_metrics) >= set(NEW_METRICS)
+    s = sweep.SETTINGS["prox-u4-lr3e-04-controls"]
+    data = sweep.write_data(s, 0, tmp_path)
+    cfgs = {v.label: sweep.train_config(s, v, 3e-4, 100, 0, data, data["probe-test"], "strategy-world", tmp_path / v.label)
+            for v in sweep.setting_variants(s)}
+    for label, cfg in cfgs.items():
+        assert (cfg.eval.probe_guided_problems, cfg.eval.probe_kl_initial, cfg.eval.probe_every) == (32, True, 10)
+        assert (cfg.algorithm.ppo_epochs, cfg.algorithm.mini_batches) == (1, 4)
+    assert {k: (c.loss.proximal, c.algorithm.teacher, c.loss.rl_coef) for k, c in cfgs.items()} == {
+        "sgpo-none-initial": ("none", "initial", 1.0), "sgpo-initial": ("c2", "initial", 1.0),
+        "sgpo-none-norl": ("none", "rollout", 0.0)}
+    from sgpo.io import read_jsonl_tolerant
+
+    step0 = [r["id"] for r in read_jsonl_tolerant(data[sweep.GUIDED_PROBE_SPLIT])]
+    trainer_rows = guided_probe_rows(load_training_problems(cfgs["sgpo-initial"]).problems, 32)
+    assert len(step0) == 32 and step0 == [r["id"] for r in trainer_rows]
+    assert sweep.GUIDED_PROBE_SPLIT not in sweep.write_data(sweep.SETTINGS["pair"], 0, tmp_path)
+
+
+def _prox_done(collapsing: dict[str, int], start=0.8):
+    """Initial cells (guided training probe at step 0: ``start``) and `none` cells of the whole
+    proximal grid; in setting N the first ``collapsing[N]`` seeds fall below half of ``start``."""
+    done = {}
+    for name in sweep.GROUPS["proximal"]:
+        s = sweep.SETTINGS[name]
+        for seed in s.seeds:
+            done[sweep.Cell(name, "initial", "initial", seed).id] = {
+                "splits": {sweep.GUIDED_PROBE_SPLIT: {"avg@k": start}}}
+            low = seed < collapsing.get(name, 0)
+            series = [[10, start], [20, 0.3 * start if low else 0.9 * start], [30, start]]
+            done[sweep.Cell(name, "report", "sgpo-none", seed, s.fixed_lr).id] = {"metrics": {
+                "probe/guided_accuracy": series}}
+    return done
+
+
+def test_controls_run_only_at_the_collapsing_setting():
+    import claims_report
+    import sweep_claims
+
+    controls = sweep.settings_named("proximal-controls")
+    # ties go to the smaller U, then the smaller learning rate
+    done = _prox_done({"prox-u1-lr1e-03": 2, "prox-u8-lr1e-03": 3, "prox-u4-lr3e-04": 3})
+    assert sweep_claims.collapsing_setting(sweep, done) == "prox-u4-lr3e-04"
+    todo = sweep.plan(done, controls)
+    assert {c.setting for c in todo} == {"prox-u4-lr3e-04-controls"} and {c.seed for c in todo} == set(FIVE)
+    done.update({sweep.Cell("prox-u4-lr3e-04-controls", "initial", "initial", seed).id: {} for seed in FIVE})
+    todo = sweep.plan(done, controls)
+    assert {(c.variant, c.lr, c.steps) for c in todo} == {(v, 3e-4, 100) for v in sweep_claims.CONTROLS}
+    # not before every `none` cell of the grid is done, and not where nothing collapses
+    partial = dict(done)
+    del partial[sweep.Cell("prox-u8-lr1e-03", "report", "sgpo-none", 4, 1e-3).id]
+    assert sweep_claims.collapsing_setting(sweep, partial) is None and sweep.plan(partial, controls) == []
+    calm = _prox_done({})
+    assert sweep_claims.collapsing_setting(sweep, calm) is None and sweep.plan(calm, controls) == []
+    # the report counts collapses with the same rule (the guided probe against its step-0 value)
+    cell = done[sweep.Cell("prox-u4-lr3e-04", "report", "sgpo-none", 0, 3e-4).id]
+    initial = done[sweep.Cell("prox-u4-lr3e-04", "initial", "initial", 0).id]
+    assert claims_report.collapse(cell, initial=initial) and not claims_report.collapse(
+        done[sweep.Cell("prox-u4-lr3e-04", "report", "sgpo-none", 3, 3e-4).id], initial=initial)
+
+
+
+@pytest.mark.slow
+def test_a_small_proximal_control_runs_end_to_end(tmp_path, monkeypatch):
+    """The RL-off control at U = 4 on the pair world's tuning seed (its model is in the cache after
+    first use), shrunk: the initial cell measures the guided probe at step 0 on the 32 problems
+    the trainer probes; the report cell records the guided probe, the KL to the initial model and
+    the ratio quantiles, its RL term is 0 at every step, and 4 updates per rollout move the ratios."""
+    from dataclasses import replace
+
+    name = "prox-u4-lr3e-04-controls"
+    small = replace(sweep.SETTINGS[name], step_budget=4, probe_every=2, train_problems=48, eval_problems=8,
+                    probe_problems=8)
+    monkeypatch.setitem(sweep.SETTINGS, name, small)
+    initial = sweep.run_cell(sweep.Cell(name, "initial", "initial", 100), tmp_path / "cells", tmp_path / "work")
+    assert initial["splits"][sweep.GUIDED_PROBE_SPLIT]["n"] == 32
+    rec = sweep.run_cell(sweep.Cell(name, "report", "sgpo-none-norl", 100, 3e-4, 4), tmp_path / "cells",
+                         tmp_path / "work")
+    m = rec["metrics"]
+    assert [s for s, _ in m["probe/guided_accuracy"]] == [2, 4] and [s for s, _ in m["probe/kl_initial"]] == [2, 4]
+    assert all(v > 0 for _, v in m["probe/kl_initial"]) and all(v == 0 for _, v in m["loss/rl"])
+    assert all(hi > 1 for _, hi in m["rl/ratio_max"]) and len(m["rl/ratio_p50"]) == 4
+    assert rec["config"]["loss"]["rl_coef"] == 0.0 and rec["config"]["eval"]["probe_guided_problems"] == 32
