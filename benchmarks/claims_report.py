@@ -27,7 +27,7 @@ ALPHA = 0.05
 def _cells(done: dict[str, dict], setting: str, variant: str) -> dict[int, dict]:
     phase = "initial" if variant == "initial" else "report"
     return {r["seed"]: r for r in done.values()
-            if r["setting"] == setting and r["phase"] == phase and r["variant"] == variant}
+            if sweep.setting_name(r) == setting and r["phase"] == phase and r["variant"] == variant}
 
 
 def _acc(cells: dict[int, dict], split: str) -> list[float]:

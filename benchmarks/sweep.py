@@ -177,6 +177,12 @@ def variant(label: str) -> Variant:
     raise SystemExit(f"unknown variant {label!r} (have {', '.join(v.label for v in VARIANTS + EXTRA_VARIANTS)})")
 
 
+def setting_name(rec: dict[str, Any]) -> str:
+    """The setting a cell record belongs to, from its id (a record's ``setting`` field holds
+    the whole setting as a dict; test records may hold the name)."""
+    return rec["cell"].split("/", 1)[0]
+
+
 def cell_path(cells_dir: Path, cell: Cell) -> Path:
     return cells_dir / f"{cell.id}.json"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from _results import write_results
 from sweep import COMPARISONS, LR_LADDER, REPORTED_SPLITS, SETTINGS, TUNE_SEEDS, Setting, \
-    load_cells, setting_variants, tune_cells, tuned
+    load_cells, setting_name, setting_variants, tune_cells, tuned
 
 from sgpo.evaluation import stats
 
@@ -94,13 +94,13 @@ def tuning_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[s
 def _report_cells(s: Setting, done: dict[str, dict], label: str) -> dict[int, dict]:
     out = {}
     for rec in done.values():
-        if rec["setting"] == s.name and rec["phase"] == "report" and rec["variant"] == label:
+        if setting_name(rec) == s.name and rec["phase"] == "report" and rec["variant"] == label:
             out[rec["seed"]] = rec
     return out
 
 
 def main_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
-    initial = {r["seed"]: r for r in done.values() if r["setting"] == s.name and r["phase"] == "initial"}
+    initial = {r["seed"]: r for r in done.values() if setting_name(r) == s.name and r["phase"] == "initial"}
     by_variant = {v.label: _report_cells(s, done, v.label) for v in setting_variants(s)}
     lines = [f"## Results ({s.name}), reported seeds", "",
              "Unguided accuracy (avg@k, %) after training, each variant at its tuned learning rate and step count: mean "
@@ -170,7 +170,7 @@ def comparison_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], li
 
 
 def curve_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
-    initial = {r["seed"]: r for r in done.values() if r["setting"] == s.name and r["phase"] == "initial"}
+    initial = {r["seed"]: r for r in done.values() if setting_name(r) == s.name and r["phase"] == "initial"}
     lines = [f"## Learning curves ({s.name})", "",
              f"Probe: unguided avg@{s.probe_samples} on {s.probe_problems} `heldout` + {s.probe_problems} `transfer` "
              f"problems every {s.probe_every} steps; x = trajectories sampled per training problem so far (the initial "
@@ -211,7 +211,7 @@ def keyword_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[
     for sp in REPORTED_SPLITS:
         table: dict[str, dict[str, float]] = {}
         for v in ("initial",) + tuple(x.label for x in setting_variants(s)):
-            cells = ([r for r in done.values() if r["setting"] == s.name and r["phase"] == "initial"] if v == "initial"
+            cells = ([r for r in done.values() if setting_name(r) == s.name and r["phase"] == "initial"] if v == "initial"
                      else list(_report_cells(s, done, v).values()))
             per: dict[str, list[float]] = {}
             for c in cells:
@@ -232,7 +232,7 @@ def keyword_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[
 
 
 def plot_curves(s: Setting, done: dict[str, dict], path: Path) -> bool:
-    initial = {r["seed"]: r for r in done.values() if r["setting"] == s.name and r["phase"] == "initial"}
+    initial = {r["seed"]: r for r in done.values() if setting_name(r) == s.name and r["phase"] == "initial"}
     series = {}
     for v in setting_variants(s):
         cells = [c for c in _report_cells(s, done, v.label).values() if c["seed"] in initial and c["curve"]]

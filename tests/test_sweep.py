@@ -65,7 +65,9 @@ def _fake_report(setting, variant, seed, level, rng):
         splits[sp] = {"avg@k": acc, "problems": problems, "per_keyword": {k: sum(v) / len(v) for k, v in per_kw.items()}}
     phase = "initial" if variant == "initial" else "report"
     cell = sweep.Cell(setting, phase, variant, seed, None if phase == "initial" else 1e-4)
-    rec = {"cell": cell.id, "setting": setting, "phase": phase, "variant": variant, "seed": seed, "splits": splits}
+    # as run_cell writes it: the setting's fields under "setting", the name only in the id
+    rec = {"cell": cell.id, "setting": {"name": setting}, "phase": phase, "variant": variant, "seed": seed,
+           "splits": splits}
     if phase == "initial":
         rec["probe_accuracy"] = 0.1
     else:

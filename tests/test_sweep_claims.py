@@ -134,7 +134,8 @@ def test_initial_cells_record_the_dials_axes(tmp_path):
 
 def _cell(setting, variant, seed, acc, **extra):
     phase = "initial" if variant == "initial" else "report"
-    rec = {"cell": f"{setting}/{phase}/{variant}/seed-{seed}", "setting": setting, "phase": phase, "variant": variant,
+    rec = {"cell": f"{setting}/{phase}/{variant}/seed-{seed}", "setting": {"name": setting}, "phase": phase,
+           "variant": variant,
            "seed": seed, "splits": {sp: {"avg@k": acc} for sp in ("heldout", "transfer", "heldout-guided")}}
     rec.update(extra)
     return rec
