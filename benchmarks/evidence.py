@@ -4,8 +4,10 @@ Superseded by ``benchmarks/sweep.py`` (equal budgets checked per cell, every met
 seeds); its committed table ran ``imitation`` and ``guided_rl`` at 12 trajectories per problem
 (benchmarks/results/evidence.md says so).
 
-Each run uses the settings of the default ``sgpo demo`` (sgpo.demo.run.DemoSettings): the
-same pre-trained world model, problems, steps, prompts per step and sampling. Every method
+Each run uses the data and sampling settings of ``sgpo demo`` (sgpo.demo.run.DemoSettings) at one
+learning rate and step count for every method (``EVIDENCE_SCHEDULE``, the committed table's). The
+committed table ran the demo of its day, the ``single`` world with one pre-trained model for every
+seed; the demo now runs world seed N of the ``pair`` world, so a rerun does not reproduce it. Every method
 spends ``samples_per_problem`` trajectories per problem and step, split by its entry of
 sgpo.trainer.specs.METHODS (SGPO, its ablations, imitation and guided_rl: G_g guided, the rest
 autonomous; GRPO: all autonomous; LUFFY: one of them the worked solution); SFT samples nothing
@@ -27,6 +29,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _results import write_results  # noqa: E402  (beside this script, on sys.path when run)
+
+EVIDENCE_SCHEDULE = (1e-4, 60)  # (learning rate, steps) of every method in the committed table
+
+
+def demo_settings(seed: int):  # -> sgpo.demo.run.DemoSettings
+    from sgpo.demo.run import DemoSettings, Schedule
+    from sgpo.trainer.specs import METHODS
+
+    s = DemoSettings.for_model("world")
+    s.seed = seed
+    s.schedules = {m: Schedule(*EVIDENCE_SCHEDULE) for m in METHODS}
+    return s
+
 
 # (label, method, extra config overrides)
 VARIANTS: list[tuple[str, str, list[str]]] = [
@@ -50,7 +65,7 @@ def run_one(work: Path, label: str, method: str, extra: list[str], seed: int) ->
     (runs/<name>, eval/<name>, eval/<name>-combos), so the demo's own GRPO and SGPO runs are
     reused through the trainer's and the evaluation's resume instead of being redone."""
     from sgpo.data import load_problems
-    from sgpo.demo.run import DemoSettings, _evaluate, _train_config, _unguided, prepare_world
+    from sgpo.demo.run import _evaluate, _train_config, _unguided, prepare_world
     from sgpo.models import load_model, load_tokenizer
     from sgpo.trainer.config import apply_overrides
     from sgpo.trainer.specs import METHODS
@@ -60,8 +75,7 @@ def run_one(work: Path, label: str, method: str, extra: list[str], seed: int) ->
     done = root / "evidence" / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
-    s = DemoSettings.for_model("world")
-    s.seed = seed
+    s = demo_settings(seed)
     t0 = time.perf_counter()
     d = prepare_world(root, s)
     tok = load_tokenizer(d.model_path)
@@ -83,12 +97,11 @@ def run_one(work: Path, label: str, method: str, extra: list[str], seed: int) ->
 
 
 def initial(work: Path, seed: int) -> dict:
-    from sgpo.demo.run import DemoSettings, _evaluate, _unguided, prepare_world
+    from sgpo.demo.run import _evaluate, _unguided, prepare_world
     from sgpo.models import load_model, load_tokenizer
 
     root = work / f"seed{seed}"
-    s = DemoSettings.for_model("world")
-    s.seed = seed
+    s = demo_settings(seed)
     d = prepare_world(root, s)
     tok, model = load_tokenizer(d.model_path), load_model(d.model_path, dtype="float32")
     rec = {"label": "initial", "seed": seed}
@@ -136,8 +149,6 @@ def main() -> None:
     args = ap.parse_args()
     from dataclasses import asdict
 
-    from sgpo.demo.run import DemoSettings
-
     seeds = [int(x) for x in args.seeds.split(",") if x]
     work = Path(args.work_dir)
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only.split(",")]
@@ -150,7 +161,8 @@ def main() -> None:
                   f"({rec['minutes']} min)", flush=True)
     command = ("PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE python benchmarks/evidence.py --seeds "
                f"{args.seeds} --work-dir {args.work_dir} --out {args.out}")
-    text = table(results, seeds, command, asdict(DemoSettings.for_model("world")))
+    lr, steps = EVIDENCE_SCHEDULE
+    text = table(results, seeds, command, {**asdict(demo_settings(0)), "learning_rate": lr, "steps": steps})
     write_results(args.out, text, results)
 
 

@@ -142,12 +142,13 @@ def test_every_method_samples_the_same_trajectories_per_problem_in_the_demo_sett
     up to the same budget for every method that samples (it did not for imitation and
     guided_rl, which sampled G_a + G_g autonomous plus G_g guided)."""
     from sgpo.data import load_problems
-    from sgpo.demo.run import DemoSettings, _train_config, prepare_world
+    from sgpo.demo.run import DemoSettings, Schedule, _train_config, prepare_world
     from sgpo.models import load_model, load_tokenizer
     from sgpo.trainer.trainer import train
 
     s = DemoSettings.for_model("world")
-    s.steps, s.prompts_per_step, s.train_problems, s.max_new_tokens = 1, 2, 8, 8
+    s.schedules = {m: Schedule(1e-4, 1) for m in METHODS}  # the demo trains two of them
+    s.prompts_per_step, s.train_problems, s.max_new_tokens = 2, 8, 8
     d = prepare_world(tmp_path, s)
     tok = load_tokenizer(d.model_path)
     totals = {}

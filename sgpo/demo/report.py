@@ -210,13 +210,13 @@ def _guidance_section(guidance: Mapping[str, Any]) -> tuple[list[str], dict[str,
              "like GRPO.", ""]
     out = {"p_auto": float(p_a), "p_guided": float(p_g), "n": int(n or 0), "k": int(k or 0), "difference": float(d)}
     out.update({key: list(map(float, v)) for key, v in (("ci95_auto", ci_a), ("ci95_guided", ci_g)) if _interval(v)})
-    combos = guidance.get("combos")
-    if isinstance(combos, Mapping) and _finite(combos.get("p_auto")) and _finite(combos.get("p_guided")):
-        lines[-1:-1] = ["", f"On the held-out combinations: p_a = {_pct(combos['p_auto'])}"
-                        f"{_interval(combos.get('ci95_auto'))}, p_g = {_pct(combos['p_guided'])}"
-                        f"{_interval(combos.get('ci95_guided'))}."]
-        out["combos"] = {"p_auto": float(combos["p_auto"]), "p_guided": float(combos["p_guided"]),
-                         "difference": float(combos["p_guided"] - combos["p_auto"])}
+    for split, name in (("combos", "held-out combinations"), ("transfer", "keyword pairs never trained")):
+        g = guidance.get(split)
+        if isinstance(g, Mapping) and _finite(g.get("p_auto")) and _finite(g.get("p_guided")):
+            lines[-1:-1] = ["", f"On the {name}: p_a = {_pct(g['p_auto'])}{_interval(g.get('ci95_auto'))}, "
+                            f"p_g = {_pct(g['p_guided'])}{_interval(g.get('ci95_guided'))}."]
+            out[split] = {"p_auto": float(g["p_auto"]), "p_guided": float(g["p_guided"]),
+                          "difference": float(g["p_guided"] - g["p_auto"])}
     return lines, out
 
 
@@ -285,17 +285,28 @@ def _accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         for lab, r in results.items()]
 
 
-def _combo_section(combos: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], dict[str, Any], list[dict]]:
-    if not combos:
+# held-out splits besides held-out problems: split -> (heading, what it tests)
+SPLIT_SECTIONS = {
+    "combos": ("Held-out combinations",
+               "Each keyword paired with the noun that no training problem pairs it with (unguided, same "
+               "sampling): what RL taught transfers only if it is the keyword's procedure, not the surface."),
+    "transfer": ("Transfer: keyword pairs never trained",
+                 "The pair world's keyword pairs (order word, shift word) that no training problem uses, on "
+                 "held-out digits (unguided, same sampling): whether what RL learnt on the other pairs composes."),
+}
+
+
+def _split_section(split: str, split_results: Mapping[str, Mapping[str, Any]]
+                   ) -> tuple[list[str], dict[str, Any], list[dict]]:
+    if not split_results:
         return [], {}, []
-    results = clean_eval(combos)
+    results = clean_eval(split_results)
     pairs = [(a, b) for a, b in (("sgpo", "grpo"), ("sgpo", "initial"), ("grpo", "initial"))
              if a in results and b in results]
     comparisons = [compare(a, b, results) for a, b in pairs]
-    lines = ["## Held-out combinations", "",
-             "Each keyword paired with the noun that no training problem pairs it with (unguided, same "
-             "sampling): what RL taught transfers only if it is the keyword's procedure, not the surface.", "",
-             *_accuracy_table(results), "", *[comparison_sentence(c, results) for c in comparisons], ""]
+    heading, blurb = SPLIT_SECTIONS[split]
+    lines = [f"## {heading}", "", blurb, "", *_accuracy_table(results), "",
+             *[comparison_sentence(c, results) for c in comparisons], ""]
     return lines, results, comparisons
 
 
@@ -318,23 +329,30 @@ def samples_per_problem(train_metrics: Mapping[str, Sequence[Mapping[str, Any]]]
 def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[str, Any]],
                  train_metrics: Mapping[str, Sequence[Mapping[str, Any]]], examples: Mapping[str, str],
                  guidance: Mapping[str, Any], settings: Mapping[str, Any],
-                 combo_results: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+                 combo_results: Mapping[str, Mapping[str, Any]] | None = None,
+                 transfer_results: Mapping[str, Mapping[str, Any]] | None = None,
+                 notes: Sequence[str] = ()) -> Path:
     """Write ``report.md``, its PNGs and ``results.json`` into ``output_dir``; return the
     report path.
 
     ``eval_results``: label ("initial", "grpo", "sgpo", ...) -> {"avg@k", "ci95": [lo, hi],
-    "n", "k"}. ``train_metrics``: label -> per-step dicts ("step", "p_auto", "p_guided",
-    "weight/mean", "distill/kl_mean", "distill/top10_share"; missing keys are skipped).
-    ``examples``: label -> completion text. ``guidance``: {"p_auto", "p_guided", "n"} measured
-    before training, optionally with the same under "combos". ``settings``: shown as a table and
-    stored as given. ``combo_results``: like ``eval_results``, on held-out combinations (the
-    strategy world); stored as ``eval_combos``."""
+    "n", "k"}. ``train_metrics``: label -> per-step dicts as in the run's metrics.jsonl ("step",
+    "p_auto", "p_guided", "weight/mean", "distill/kl_mean", "distill/top10_share",
+    "samples/auto", "samples/guided"; missing keys are skipped). ``examples``: label ->
+    completion text. ``guidance``: {"p_auto", "p_guided", "n"} measured before training,
+    optionally with the same under "combos" and "transfer". ``settings``: shown as a table and
+    stored as given. ``combo_results``, ``transfer_results``: like ``eval_results``, on held-out
+    combinations and on keyword pairs never trained (the strategy world); stored as
+    ``eval_combos`` and ``eval_transfer``. ``notes``: paragraphs shown under the model's name
+    (what the runs were trained with)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = clean_eval(eval_results)
     lines = ["# SGPO demo report", ""]
     if settings.get("model"):
         lines += [f"Model: `{settings['model']}`.", ""]
+    for note in notes:
+        lines += [note, ""]
     lines += ["## Held-out accuracy", ""]
     comparisons: list[dict[str, Any]] = []
     if results:
@@ -350,7 +368,8 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
         lines += [comparison_sentence(c, results) for c in comparisons] + [""]
     else:
         lines += ["No evaluation results.", ""]
-    combo_lines, combo_json, combo_comparisons = _combo_section(combo_results or {})
+    splits = {split: _split_section(split, r or {}) for split, r in (("combos", combo_results),
+                                                                     ("transfer", transfer_results))}
     guidance_lines, guidance_json = _guidance_section(guidance)
     training_lines, summaries = _training_section(train_metrics, out)
     spent = samples_per_problem(train_metrics)
@@ -359,7 +378,9 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
             f"{label} {v['total']:g} ({v['auto']:g} autonomous + {v['guided']:g} guided"
             + (f" + {v['reference']:g} strong-model trace" if v["reference"] else "") + ")"
             for label, v in spent.items()) + ".", ""]
-    lines += combo_lines + guidance_lines + training_lines
+    for split_lines, _, _ in splits.values():
+        lines += split_lines
+    lines += guidance_lines + training_lines
     if examples:
         lines += ["## Example completions", ""]
         for label, text in examples.items():
@@ -369,8 +390,9 @@ def write_report(output_dir: str | Path, *, eval_results: Mapping[str, Mapping[s
     path = out / REPORT_FILE
     path.write_text("\n".join(lines), encoding="utf-8")
     payload = {"eval": results, "comparisons": comparisons, "guidance": guidance_json, "training": summaries,
-               "samples_per_problem": samples_per_problem(train_metrics), "settings": _json_safe(settings)}
-    if combo_json:
-        payload.update(eval_combos=combo_json, comparisons_combos=combo_comparisons)
+               "samples_per_problem": spent, "settings": _json_safe(settings)}
+    for split, (_, split_json, split_comparisons) in splits.items():
+        if split_json:
+            payload.update({f"eval_{split}": split_json, f"comparisons_{split}": split_comparisons})
     write_json_atomic(out / RESULTS_FILE, payload)
     return path
