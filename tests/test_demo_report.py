@@ -153,3 +153,23 @@ def test_demo_and_sgpo_report_share_one_plot_and_one_percentage_formatter(tmp_pa
     finally:
         eval_report.plot_accuracy = real
     assert calls == [[("sgpo", {"benchmarks": {"held-out": {"avg@k": 0.5, "ci95": [0.4, 0.6]}}})]]
+
+
+def test_transfer_split_guidance_and_notes_reach_the_report_and_results(tmp_path):
+    transfer = eval_results(sgpo=(0.25, 0.15, 0.35))
+    transfer["grpo"] = {"avg@k": 0.05, "ci95": [0.02, 0.08], "n": 32, "k": 4}
+    path = write_report(tmp_path, eval_results=eval_results(), train_metrics=train_metrics(), examples={},
+                        guidance={"p_auto": 0.1, "p_guided": 0.9, "n": 64, "k": 4,
+                                  "transfer": {"p_auto": 0.05, "p_guided": 1.0}},
+                        settings={}, transfer_results=transfer, notes=["SGPO lr 1e-4 for 200 steps."])
+    text = path.read_text()
+    assert text.index("SGPO lr 1e-4 for 200 steps.") < text.index("## Held-out accuracy")
+    assert "## Transfer: keyword pairs never trained" in text and "## Held-out combinations" not in text
+    assert "On the keyword pairs never trained: p_a = 5.0%, p_g = 100.0%." in text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["eval_transfer"]["sgpo"]["avg@k"] == 0.25 and "eval_combos" not in results
+    # 0.25 - 0.05 = 0.20, intervals [0.15, 0.35] and [0.02, 0.08] apart
+    assert results["comparisons_transfer"][0] == {"a": "sgpo", "b": "grpo", "difference": pytest.approx(0.2),
+                                                  "ci_overlap": False}
+    assert results["guidance"]["transfer"]["difference"] == pytest.approx(0.95)
+    assert results["guidance"]["difference"] == pytest.approx(0.8)
