@@ -1,5 +1,6 @@
 """The report of ``sgpo demo``: held-out accuracy of the initial, GRPO- and SGPO-trained
-models with confidence intervals, what guidance did before and during training, how
+models with confidence intervals (and, for the strategy world, on held-out combinations and
+keyword pairs never trained), what guidance did before and during training, how
 selective the distillation was, example completions and the settings used.
 
 The demo is small enough that its differences are often noise, so the report states the
