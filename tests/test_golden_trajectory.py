@@ -106,6 +106,10 @@ def test_three_steps_match_the_reference_loop(tmp_path):
             norm = float(torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP))
             opt.step()
             assert result.loss == pytest.approx(loss, rel=1e-6, abs=1e-9), (step, k)  # advantages travel as float32
-            assert result.grad_norm == pytest.approx(norm, rel=1e-6), (step, k)
+            # the models' RMSNorm computes in float32 even here, and AdamW turns that rounding
+            # into full-size steps: measured 6e-14 at the first step, up to 9.7e-7 by the third
+            # with every row run whole and 1.1e-6 with shared prompts (system.share_prompt_forward,
+            # whose rows' gradients meet before the norms); an error in a term moves it by 1e-3+
+            assert result.grad_norm == pytest.approx(norm, rel=3e-6), (step, k)
     assert distilled > 0  # the distillation term took part
     assert any(r.grad_norm > CLIP for _, rs in steps for r in rs)  # the clip acted at least once

@@ -3,7 +3,12 @@
 A step's batch is a flat list of :class:`TrainSequence`, each with a role that decides which
 loss term its completion tokens feed. Collation flattens the completion tokens of a
 micro-batch into M positions and keeps, per role, the index of its tokens and their targets,
-so one forward pass serves every term."""
+so one forward pass serves every term.
+
+With ``share_prompts`` a micro-batch whose rows repeat a prompt (a prompt's G rollouts, and
+SGPO's distilled trajectories under the same unguided prompt) also carries
+:class:`SharedPrompts`: each distinct prompt once and the completions apart, for the forward
+that runs a prompt once for all its rows (:func:`sgpo.trainer.forward.shared_prompt_hidden`)."""
 
 from __future__ import annotations
 
@@ -39,6 +44,22 @@ class TrainSequence:
 
 
 @dataclass
+class SharedPrompts:
+    """The n rows of a micro-batch as P distinct prompts and n completions: the prompts run
+    once (right-padded), each completion then attends to its prompt's keys and values. The
+    completion's last token is not fed (its hidden state predicts nothing)."""
+
+    prompt_ids: torch.Tensor  # [P, L_p] right-padded distinct prompts
+    prompt_mask: torch.Tensor  # [P, L_p]
+    owner: torch.Tensor  # [n] the prompt of each row
+    last: torch.Tensor  # [n] position of the row's last prompt token (predicts its first completion token)
+    completion_ids: torch.Tensor  # [n, L_c] completion tokens but the last, right-padded (L_c may be 0)
+    attention_mask: torch.Tensor  # [n, L_p + L_c] the row's prompt mask, then its completion mask
+    position_ids: torch.Tensor  # [n, L_c] positions continuing the row's prompt
+    columns: torch.Tensor  # [M] column of each packed token in [first, completion hidden states] (its index in the completion)
+
+
+@dataclass
 class MicroBatch:
     """Right-padded rows for the model's forward and their packed loss tokens for the core."""
 
@@ -47,6 +68,7 @@ class MicroBatch:
     rows: torch.Tensor  # [M] row of each completion token
     positions: torch.Tensor  # [M] position of the hidden state that predicts it
     tokens: PackedTokens  # the M loss tokens: targets, roles, advantages, weights, teacher targets
+    shared: SharedPrompts | None = None  # set when asked and some prompt has several rows
 
 
 def pad_right(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +96,31 @@ def pack_rows(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_
     return input_ids, attention_mask, as_long(rows), as_long(positions), as_long(targets)
 
 
+def share_prompts(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                  device: torch.device) -> SharedPrompts | None:
+    """:class:`SharedPrompts` of the rows; None when no prompt has two rows (nothing to share)
+    or a prompt is empty (no hidden state predicts its first token)."""
+    index: dict[tuple[int, ...], int] = {}
+    owner = [index.setdefault(tuple(p), len(index)) for p in prompt_ids]
+    if len(index) == len(prompt_ids) or any(not p for p in prompt_ids):
+        return None
+    distinct = [list(p) for p in index]
+    p_ids, p_mask = pad_right(distinct, pad_id, device)  # [P, L_p]
+    rest = [c[:-1] for c in completion_ids]
+    width = max(len(r) for r in rest)
+    c_ids = torch.full((len(rest), width), pad_id, dtype=torch.long)
+    c_mask = torch.zeros((len(rest), width), dtype=torch.long)
+    for i, r in enumerate(rest):
+        c_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        c_mask[i, : len(r)] = 1
+    own = torch.tensor(owner, dtype=torch.long, device=device)
+    lengths = p_mask.sum(1)[own]  # [n]
+    columns = torch.cat([torch.arange(len(c), dtype=torch.long) for c in completion_ids])
+    return SharedPrompts(p_ids, p_mask, own, lengths - 1, c_ids.to(device),
+                         torch.cat([p_mask[own], c_mask.to(device)], 1),
+                         lengths[:, None] + torch.arange(width, device=device)[None], columns.to(device))
+
+
 def _per_token(seqs: list[TrainSequence], value, dtype=torch.float32) -> torch.Tensor:  # [M]
     return torch.cat([torch.full((s.num_tokens,), value(s), dtype=dtype) for s in seqs]) if seqs \
         else torch.zeros(0, dtype=dtype)
@@ -90,8 +137,9 @@ def _old_logp(seqs: list[TrainSequence]) -> torch.Tensor | None:
     return torch.cat([s.old_logp if s.old_logp is not None else torch.zeros(s.num_tokens) for s in seqs])
 
 
-def collate(seqs: list[TrainSequence], pad_id: int, device: torch.device) -> MicroBatch:
-    """Right-pad the rows and pack the completion tokens with everything the objective reads."""
+def collate(seqs: list[TrainSequence], pad_id: int, device: torch.device, share: bool = False) -> MicroBatch:
+    """Right-pad the rows and pack the completion tokens with everything the objective reads;
+    with ``share``, also the rows as distinct prompts and completions (:func:`share_prompts`)."""
     input_ids, attention_mask, rows, positions, targets = pack_rows([s.prompt_ids for s in seqs],
                                                                    [s.completion_ids for s in seqs], pad_id, device)
     roles = [s.role for s in seqs for _ in range(s.num_tokens)]
@@ -114,7 +162,9 @@ def collate(seqs: list[TrainSequence], pad_id: int, device: torch.device) -> Mic
         tokens.teacher_logp_sampled = torch.cat([s.teacher_logp_sampled for s in distill]).to(device)  # type: ignore[misc]
         if all(s.old_support_logp is not None for s in distill):
             tokens.old_support_logp = torch.cat([s.old_support_logp for s in distill]).to(device)  # type: ignore[misc]
-    return MicroBatch(input_ids, attention_mask, rows, positions, tokens)
+    shared = share_prompts([s.prompt_ids for s in seqs], [s.completion_ids for s in seqs], pad_id, device) \
+        if share else None
+    return MicroBatch(input_ids, attention_mask, rows, positions, tokens, shared)
 
 
 def split_micro_batches(seqs: list[TrainSequence], micro_batch_size: int) -> list[list[TrainSequence]]:

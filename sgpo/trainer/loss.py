@@ -12,7 +12,7 @@ from sgpo.compat import maybe_gather_lm_head_ctx
 from sgpo.core import LossSettings
 from sgpo.core.objective import policy_objective
 from sgpo.trainer.batch import MicroBatch
-from sgpo.trainer.forward import base_and_head, packed_hidden
+from sgpo.trainer.forward import base_and_head, packed_hidden, shared_prompt_hidden
 
 
 class PolicyLoss(torch.nn.Module):
@@ -45,7 +45,10 @@ class PolicyLoss(torch.nn.Module):
         the whole update across processes), so micro-batches and processes add up to the
         whole-batch loss."""
         base, head = base_and_head(self.lm)
-        h = packed_hidden(base, mb.input_ids, mb.attention_mask, mb.rows, mb.positions)  # [M, H]
+        if mb.shared is not None:  # each distinct prompt once (system.share_prompt_forward)
+            h = shared_prompt_hidden(base, mb.shared, mb.rows)  # [M, H]
+        else:
+            h = packed_hidden(base, mb.input_ids, mb.attention_mask, mb.rows, mb.positions)  # [M, H]
         weight, bias = head.weight, getattr(head, "bias", None)
         with maybe_gather_lm_head_ctx(weight, bias):
             return policy_objective(h, weight, mb.tokens, self.settings, normalizer=normalizer, lm_head_bias=bias,

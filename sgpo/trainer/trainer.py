@@ -135,6 +135,7 @@ class Trainer:
             register_adapter_checkpoints(self.accelerator, self.module)  # single process, DDP: the adapter alone
         self.initial = self._frozen_initial_policy(initial) if second_copy else None
         self.teacher = self.initial if cfg.algorithm.teacher == "initial" else None
+        self.share_prompts = self._share_prompts(lm)
         self.generator, self.fixed_generator = generator, generator is not None
         self.probe_rows = _probe_rows(cfg)
         self.guided_probe_rows = guided_probe_rows(self.problems.problems, cfg.eval.probe_guided_problems)
@@ -142,6 +143,17 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+
+    def _share_prompts(self, lm: Any) -> bool:
+        """``system.share_prompt_forward`` where the shared-prompt forward is proven equal."""
+        from sgpo.trainer.forward import shared_prompt_unsupported
+
+        if not self.cfg.system.share_prompt_forward:
+            return False
+        reason = shared_prompt_unsupported(lm, str(self.accelerator.distributed_type.value))
+        if reason is not None:
+            self.accelerator.print(f"system.share_prompt_forward: every row runs its whole prompt ({reason})")
+        return reason is None
 
     def _check_data(self) -> None:
         """Strategy-guided methods drop strategies that give the answer away (and stop above
@@ -283,7 +295,8 @@ class Trainer:
                 result, m = optimizer_update(self.accelerator, self.module, self.optimizer, seqs[k::a.mini_batches],
                                              micro_batch_size=self.cfg.system.micro_batch_size, pad_id=self.pad_id,
                                              normalizer=self.cfg.loss.normalizer, max_grad_norm=t.max_grad_norm,
-                                             aggregation=self.cfg.loss.aggregation)
+                                             aggregation=self.cfg.loss.aggregation,
+                                             share_prompts=self.share_prompts)
                 metrics += m
                 updates.append(result)
         self.scheduler.step()

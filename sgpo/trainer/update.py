@@ -47,13 +47,14 @@ def is_deepspeed(accelerator: Any) -> bool:
 
 
 def accumulate_gradients(accelerator: Any, module: Any, seqs: list[TrainSequence], *, micro_batch_size: int,
-                         pad_id: int, normalizer: str, aggregation: str = "token-mean"
+                         pad_id: int, normalizer: str, aggregation: str = "token-mean", share_prompts: bool = False
                          ) -> tuple[float, list[dict[str, torch.Tensor]]]:
     """Forward/backward every micro-batch; returns the global loss of the update and the
     per-micro-batch metrics. Gradients are left in ``.grad`` (already averaged over processes);
     under DeepSpeed the engine has already stepped at the last micro-batch.
     Every term is divided by N, the global count of the tokens ``normalizer`` counts (all loss
-    tokens when that is 0, e.g. sft has no RL tokens)."""
+    tokens when that is 0, e.g. sft has no RL tokens). ``share_prompts``: run each distinct
+    prompt of a micro-batch once (:func:`sgpo.trainer.forward.shared_prompt_hidden`)."""
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError("sgpo normalises the loss itself: run accelerate with gradient_accumulation_steps = 1 "
                          f"(got {accelerator.gradient_accumulation_steps}); micro-batches are set by "
@@ -69,7 +70,7 @@ def accumulate_gradients(accelerator: Any, module: Any, seqs: list[TrainSequence
     try:
         for i in range(n_micro):
             batch = micro[i] if i < len(micro) else _dummy(pad_id)
-            mb = collate(batch, pad_id, accelerator.device)
+            mb = collate(batch, pad_id, accelerator.device, share=share_prompts)
             last = i == n_micro - 1
             accelerator.gradient_state._set_sync_gradients(last)
             ctx = nullcontext() if last or deepspeed else accelerator.no_sync(module)
@@ -104,13 +105,13 @@ def clip_and_check(accelerator: Any, module: Any, max_grad_norm: float, loss: fl
 
 def optimizer_update(accelerator: Any, module: Any, optimizer: Any, seqs: list[TrainSequence], *,
                      micro_batch_size: int, pad_id: int, normalizer: str, max_grad_norm: float,
-                     aggregation: str = "token-mean"
+                     aggregation: str = "token-mean", share_prompts: bool = False
                      ) -> tuple[UpdateResult, list[dict[str, torch.Tensor]]]:
     """One optimiser update on ``seqs``: accumulate, clip, step unless non-finite, zero.
     DeepSpeed stepped inside the last backward (its optimizer.step is a no-op) and skips a
     non-finite gradient norm itself; ``optimizer_step_was_skipped`` reports that."""
     loss, metrics = accumulate_gradients(accelerator, module, seqs, micro_batch_size=micro_batch_size, pad_id=pad_id,
-                                         normalizer=normalizer, aggregation=aggregation)
+                                         normalizer=normalizer, aggregation=aggregation, share_prompts=share_prompts)
     norm, finite = clip_and_check(accelerator, module, max_grad_norm, loss)
     if finite:
         optimizer.step()
