@@ -192,7 +192,9 @@ def _train_config(method: str, out: Path, s: DemoSettings, model_path: str, data
                    "max_new_tokens": s.max_new_tokens, "top_k": s.top_k, "temperature": s.train_temperature},
         training={"max_steps": sch.steps, "prompts_per_step": s.prompts_per_step, "learning_rate": sch.learning_rate,
                   "seed": s.seed},
-        system={"micro_batch_size": 32, "generation_batch_size": 64},
+        # the world's 64 rows of a 0.67M model in one micro-batch: each prompt runs once for all
+        # its rows (system.share_prompt_forward); SmolLM2 keeps 32
+        system={"micro_batch_size": 64 if s.model == "world" else 32, "generation_batch_size": 64},
         run={"output_dir": str(out / "runs" / method), "save_steps": max(1, sch.steps // 2), "save_final_model": False})
 
 
