@@ -72,6 +72,22 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.slow
+def test_two_processes_with_shared_prompts_match_one_with_whole_rows(tiny_model_dir, tmp_path):
+    """DDP with the shared-prompt forward (two processes, micro-batches of four rows over three
+    prompts) against one process running every row whole: the same loss and gradients, to
+    the float32 rounding of the model's RMSNorm (tests/test_shared_prompt.py)."""
+    _run(_launch(1, "tests.dist_worker", str(tiny_model_dir), str(tmp_path / "one.pt"), "0"), _env())
+    _run(_launch(2, "tests.dist_worker", str(tiny_model_dir), str(tmp_path / "two.pt"), "1"), _env())
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["world"] == 1 and two["world"] == 2
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-9)
+    assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 0
+    for name, g in one["grads"].items():
+        scale = float(g.abs().max())
+        torch.testing.assert_close(two["grads"][name], g, rtol=1e-6, atol=1e-6 * scale, msg=name)
+
+
 def _sft_data(path: Path) -> Path:
     rows = [{"id": f"p{i}", "problem": f"What is {a} + {b}?", "answer": str(a + b),
              "teacher_response": f"{a} + {b} = {a + b}" + " so the answer is" * (i % 3) + f" \\boxed{{{a + b}}}."}

@@ -254,7 +254,8 @@ def test_normalizer_all_divides_by_every_loss_token_and_rl_matches_grpo(tmp_path
 
 def _grads(trainer, seqs, micro_batch_size):
     loss, _ = accumulate_gradients(trainer.accelerator, trainer.module, seqs, micro_batch_size=micro_batch_size,
-                                   pad_id=trainer.pad_id, normalizer=trainer.cfg.loss.normalizer)
+                                   pad_id=trainer.pad_id, normalizer=trainer.cfg.loss.normalizer,
+                                   share_prompts=trainer.share_prompts)
     grads = {n: p.grad.clone() for n, p in trainer.module.named_parameters() if p.grad is not None}
     trainer.optimizer.zero_grad(set_to_none=True)
     return loss, grads
@@ -263,13 +264,20 @@ def _grads(trainer, seqs, micro_batch_size):
 def test_system_knobs_leave_loss_and_gradients_unchanged(tmp_path, peaky_model_dir):
     big, _ = _trainer(tmp_path, peaky_model_dir, "system.micro_batch_size=64", "system.chunk_size=4096", name="big")
     small, _ = _trainer(tmp_path, peaky_model_dir, "system.micro_batch_size=3", "system.chunk_size=5",
-                        "system.generation_batch_size=1", name="small")
+                        "system.generation_batch_size=1", "system.share_prompt_forward=false", name="small")
+    assert big.share_prompts and not small.share_prompts  # each prompt once (the default) vs every row whole
     loss_big, g_big = _grads(big, big.rollout(PhaseTimer()).sequences, 64)
     loss_small, g_small = _grads(small, small.rollout(PhaseTimer()).sequences, 3)
     assert loss_small == pytest.approx(loss_big, rel=1e-5)
     assert g_big.keys() == g_small.keys() and g_big
     for name in g_big:  # float32 sums in another order: agree to 1e-4 of each tensor's largest entry
         torch.testing.assert_close(g_small[name], g_big[name], rtol=0, atol=1e-4 * float(g_big[name].abs().max()))
+
+
+def test_shared_prompt_forward_is_off_under_gradient_checkpointing(tmp_path, peaky_model_dir, capsys):
+    trainer, _ = _trainer(tmp_path, peaky_model_dir, "model.gradient_checkpointing=true")
+    assert not trainer.share_prompts
+    assert "system.share_prompt_forward: every row runs its whole prompt (gradient checkpointing" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("proximal", ["c2"])
