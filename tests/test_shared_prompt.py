@@ -135,3 +135,15 @@ def test_shared_prompt_forward_is_refused_where_it_is_not_proven():
     assert shared_prompt_unsupported(lm, "MULTI_GPU") is None
     lm.gradient_checkpointing_enable()
     assert "checkpointing" in shared_prompt_unsupported(lm)
+
+
+@pytest.mark.slow
+def test_shared_prompt_forward_on_smollm2(smollm2_dir):
+    """SmolLM2-135M-Instruct (a real Llama checkpoint, 30 layers, GQA 9/3 heads) in float64."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float64)
+    module = PolicyLoss(lm, LossSettings(), temperature=1.0, chunk_size=64).train()
+    assert shared_prompt_unsupported(lm) is None
+    seqs = [s for s in _batch() if s.role != "distill"]  # the distill targets are over a 64-token vocabulary
+    _check_equal(module, seqs)
