@@ -147,3 +147,40 @@ def test_shared_prompt_forward_on_smollm2(smollm2_dir):
     assert shared_prompt_unsupported(lm) is None
     seqs = [s for s in _batch() if s.role != "distill"]  # the distill targets are over a 64-token vocabulary
     _check_equal(module, seqs)
+
+
+def test_accumulation_groups_a_prompts_rows_and_matches_the_reference(monkeypatch):
+    """Rows interleaved over three prompts (0, 1, 2, 0, 1, 2, ...) in micro-batches of four:
+    grouped by prompt they need 4 prompt passes ([0 x4], [1 x4], [2 x4], [3]) instead of 10
+    (3 + 3 + 3 + 1);
+    loss and gradients equal the whole-row accumulation in the step's order."""
+    from accelerate import Accelerator
+
+    from sgpo.trainer.batch import group_by_prompt, split_micro_batches
+    import sgpo.trainer.update as update
+    from sgpo.trainer.update import accumulate_gradients
+
+    seen = []
+
+    def recording_collate(batch, *args, **kwargs):
+        seen.append(batch)
+        return collate(batch, *args, **kwargs)
+
+    monkeypatch.setattr(update, "collate", recording_collate)
+    seqs = _batch()
+    grouped = group_by_prompt(seqs)
+    assert [seqs.index(s) for s in grouped] == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11, 12]
+    passes = lambda micro: sum(len({tuple(s.prompt_ids) for s in mb}) for mb in micro)  # noqa: E731
+    assert passes(split_micro_batches(grouped, 4)) == 4 and passes(split_micro_batches(seqs, 4)) == 10
+    acc = Accelerator(cpu=True)
+    module = acc.prepare(PolicyLoss(_llama(), LossSettings(), temperature=1.0, chunk_size=8))
+    out = {}
+    for share in (False, True):
+        module.zero_grad(set_to_none=True)
+        loss, _ = accumulate_gradients(acc, module, seqs, micro_batch_size=4, pad_id=0, normalizer="all",
+                                       share_prompts=share)
+        out[share] = loss, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        assert passes(seen[-4:]) == (4 if share else 10)
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6)  # the update's loss travels as float32
+    for name, g in out[False][1].items():
+        torch.testing.assert_close(out[True][1][name], g, rtol=1e-6, atol=1e-6 * float(g.abs().max()), msg=name)

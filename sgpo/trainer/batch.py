@@ -167,6 +167,17 @@ def collate(seqs: list[TrainSequence], pad_id: int, device: torch.device, share:
     return MicroBatch(input_ids, attention_mask, rows, positions, tokens, shared)
 
 
+def group_by_prompt(seqs: list[TrainSequence]) -> list[TrainSequence]:
+    """The sequences with each prompt's rows together (prompts in order of first appearance,
+    rows in order within a prompt): SGPO's distilled rows join their problem's autonomous ones,
+    so micro-batches hold fewer distinct prompts for :class:`SharedPrompts`. The update is a sum
+    over sequences against a global normaliser, so the order changes only float rounding."""
+    first: dict[tuple[int, ...], int] = {}
+    for s in seqs:
+        first.setdefault(tuple(s.prompt_ids), len(first))
+    return sorted(seqs, key=lambda s: first[tuple(s.prompt_ids)])  # stable
+
+
 def split_micro_batches(seqs: list[TrainSequence], micro_batch_size: int) -> list[list[TrainSequence]]:
     return [seqs[i:i + micro_batch_size] for i in range(0, len(seqs), micro_batch_size)]
 

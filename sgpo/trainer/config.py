@@ -117,9 +117,10 @@ class SystemConfig:
     # trajectories while sampling them (their context is the teacher's) instead of a second forward
     sampler_teacher_targets: bool = True
     chunk_size: int = 1024  # tokens per LM-head chunk in the fused losses and teacher targets
-    # the update runs each distinct prompt of a micro-batch once and its rows' completions on its
-    # keys and values (Llama/Qwen2; not with gradient checkpointing, FSDP or DeepSpeed, where the
-    # full rows run, logged once); false: every row's prompt + completion, the reference
+    # the update puts a prompt's rows into micro-batches together and runs each distinct prompt
+    # of a micro-batch once, its rows' completions on its keys and values (Llama/Qwen2; not with
+    # gradient checkpointing, FSDP or DeepSpeed, where the full rows run, logged once); false:
+    # every row's prompt + completion in the step's order, the reference
     share_prompt_forward: bool = True
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the colocated vLLM engine takes
     # colocated vllm: the engine frees its weights and KV cache while the policy trains (woken for

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sgpo.trainer.batch import TrainSequence, collate, normalizer_tokens, split_micro_batches
+from sgpo.trainer.batch import TrainSequence, collate, group_by_prompt, normalizer_tokens, split_micro_batches
 
 
 def global_sum(accelerator: Any, value: float) -> float:
@@ -53,15 +53,16 @@ def accumulate_gradients(accelerator: Any, module: Any, seqs: list[TrainSequence
     per-micro-batch metrics. Gradients are left in ``.grad`` (already averaged over processes);
     under DeepSpeed the engine has already stepped at the last micro-batch.
     Every term is divided by N, the global count of the tokens ``normalizer`` counts (all loss
-    tokens when that is 0, e.g. sft has no RL tokens). ``share_prompts``: run each distinct
-    prompt of a micro-batch once (:func:`sgpo.trainer.forward.shared_prompt_hidden`)."""
+    tokens when that is 0, e.g. sft has no RL tokens). ``share_prompts``: a prompt's rows go
+    into micro-batches together and each distinct prompt of a micro-batch runs once
+    (:func:`sgpo.trainer.forward.shared_prompt_hidden`)."""
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError("sgpo normalises the loss itself: run accelerate with gradient_accumulation_steps = 1 "
                          f"(got {accelerator.gradient_accumulation_steps}); micro-batches are set by "
                          "system.micro_batch_size")
     counted, total = normalizer_tokens(seqs, normalizer, aggregation)
     n_tok = global_sum(accelerator, counted) or global_sum(accelerator, total)
-    micro = split_micro_batches(seqs, micro_batch_size)
+    micro = split_micro_batches(group_by_prompt(seqs) if share_prompts else seqs, micro_batch_size)
     n_micro = global_max(accelerator, len(micro))
     world = accelerator.num_processes  # DDP/FSDP/ZeRO average gradients over processes; scale so the sum survives
     deepspeed = is_deepspeed(accelerator)
