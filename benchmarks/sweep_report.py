@@ -99,6 +99,22 @@ def _report_cells(s: Setting, done: dict[str, dict], label: str) -> dict[int, di
     return out
 
 
+def _budget(spp: dict[str, Any]) -> str:
+    """A cell's trajectories per problem and step: autonomous + guided (+ LUFFY's strong-model trace)."""
+    def num(k: str) -> float:
+        v = spp.get(k, 0) or 0
+        return v if v == v else 0  # NaN (nothing of that kind logged) counts as 0
+
+    ref = f" + {num('reference'):g} trace" if num("reference") else ""
+    return f"{num('auto'):g} + {num('guided'):g}{ref}"
+
+
+def _reach(values: list[float | None]) -> str:
+    """How many seeds' curves reached a threshold, and the median trajectories per problem they needed."""
+    hit = [v for v in values if v is not None]
+    return f"{len(hit)}/{len(values)}" + (f" ({statistics.median(hit):.0f})" if hit else "")
+
+
 def main_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
     initial = {r["seed"]: r for r in done.values() if setting_name(r) == s.name and r["phase"] == "initial"}
     by_variant = {v.label: _report_cells(s, done, v.label) for v in setting_variants(s)}
@@ -123,8 +139,7 @@ def main_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[str
                          "mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                          "ci95": list(ci)}
         spp = [c.get("samples_per_problem", {}) for c in cells.values()]
-        budget = "—" if label == "initial" else ", ".join(sorted({
-            f"{x.get('auto', 0):g} + {x.get('guided', 0) if x.get('guided') == x.get('guided') else 0:g}" for x in spp}))
+        budget = "—" if label == "initial" else ", ".join(sorted({_budget(x) for x in spp}))
         lines.append(f"| {label} | {len(cells)} | " + " | ".join(cols) + f" | {budget} |")
         data["initial" if label == "initial" else "variants"][label] = entry
     if "heldout-guided" in next(iter(initial.values()), {}).get("splits", {}):
@@ -175,8 +190,8 @@ def curve_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[st
              f"Probe: unguided avg@{s.probe_samples} on {s.probe_problems} `heldout` + {s.probe_problems} `transfer` "
              f"problems every {s.probe_every} steps; x = trajectories sampled per training problem so far (the initial "
              "model's probe at 0). AUC: mean probe accuracy over the run (trapezoid over x, divided by its range); reach "
-             "X: trajectories per problem until a seed's curve first reaches X, mean over seeds (— where some seed never did). "
-             "Mean over seeds.", "",
+             "X: the seeds whose curve reached X, and in brackets the median trajectories per problem they needed "
+             "(steps for SFT, which samples none). final, best, AUC: mean over seeds.", "",
              "| variant | seeds | final | best | AUC | " + " | ".join(f"reach {_pct(t)}" for t in THRESHOLDS) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(THRESHOLDS)]
     data: dict[str, Any] = {}
@@ -191,10 +206,7 @@ def curve_section(s: Setting, done: dict[str, dict]) -> tuple[list[str], dict[st
             if v.method == "sft" or x[-1] <= 0:  # SFT samples nothing: its x is the step
                 x = [0.0] + [float(p["step"]) for p in c["curve"]]
             summaries.append(stats.curve_summary(x, y, THRESHOLDS))
-        reach = []
-        for t in THRESHOLDS:
-            vals = [m["reach"][f"{t:g}"] for m in summaries]
-            reach.append("—" if any(r is None for r in vals) else f"{statistics.fmean(vals):.1f}")
+        reach = [_reach([m["reach"][f"{t:g}"] for m in summaries]) for t in THRESHOLDS]
         mean = {k: statistics.fmean(m[k] for m in summaries) for k in ("final", "best", "auc")}
         lines.append(f"| {v.label} | {len(cells)} | {_pct(mean['final'])} | {_pct(mean['best'])} | {_pct(mean['auc'])} | "
                      + " | ".join(reach) + " |")
@@ -281,12 +293,19 @@ def readme_table(s: Setting, main: dict[str, Any], tests: list[dict[str, Any]], 
                 f"{100 * e[sp]['mean']:.1f} ± {100 * e[sp]['sd']:.1f}" for sp in REPORTED_SPLITS) + " |")
     if curves:
         out += ["", "Learning curves (probe on held-out and transfer problems, mean over seeds): area under the curve "
-                "(mean accuracy over the run) and the trajectories sampled per training problem until a seed's curve "
-                "first reached 50%, mean over seeds (— where some seed never did):", ""]
+                "(mean accuracy over the run), the final probe, and how many seeds' curves reached 50% (in brackets "
+                "the median trajectories sampled per training problem they needed; steps for SFT):", ""]
         for label, c in curves.items():
-            reach = [m["reach"].get("0.5") for m in c["per_seed"].values()]
-            when = "—" if any(r is None for r in reach) else f"{sum(reach) / len(reach):.1f}"
-            out.append(f"- {label}: AUC {100 * c['auc']:.1f}, final {100 * c['final']:.1f}, 50% after {when}")
+            when = _reach([m["reach"].get("0.5") for m in c["per_seed"].values()])
+            out.append(f"- {label}: AUC {100 * c['auc']:.1f}, final {100 * c['final']:.1f}, reached 50%: {when}")
+    seeds = sorted({x for e in variants.values() for x in e["seeds"]})
+    rows = [("initial", main["initial"].get("initial"))] + list(variants.items())
+    out += ["", "Held-out accuracy (%) per seed (each seed its own world):", "",
+            "| seed | " + " | ".join(label for label, e in rows if e) + " |", "|---:|" + "---:|" * sum(1 for _, e in rows if e)]
+    for x in seeds:
+        out.append(f"| {x} | " + " | ".join(
+            f"{100 * e['heldout']['per_seed'][x]:.0f}" if x in e["heldout"]["per_seed"] else "—"
+            for _, e in rows if e) + " |")
     if tests:
         out += ["", "Paired differences (SGPO minus each, absolute points, Holm-corrected paired t tests over seeds):", ""]
         for r in tests:

@@ -208,3 +208,12 @@ def test_the_long_setting_reports_at_the_tuned_rate_for_its_own_step_count():
     report = [c for c in sweep.plan(done, [long]) if c.phase == "report"]
     assert {c.variant for c in report} == set(long.variants) and {c.steps for c in report} == {600}
     assert sorted({c.seed for c in report}) == list(long.seeds)
+
+
+def test_budget_counts_the_trace_and_reach_counts_the_seeds_that_got_there():
+    import sweep_report
+
+    assert sweep_report._budget({"auto": 7.0, "guided": 0.0, "reference": 1.0}) == "7 + 0 + 1 trace"
+    assert sweep_report._budget({"auto": 4.0, "guided": 4.0, "reference": 0.0}) == "4 + 4"
+    assert sweep_report._budget({"auto": 8.0, "guided": float("nan")}) == "8 + 0"
+    assert sweep_report._reach([None, 10.0, 20.0]) == "2/3 (15)" and sweep_report._reach([None, None]) == "0/2"
