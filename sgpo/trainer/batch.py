@@ -106,19 +106,12 @@ def share_prompts(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
         return None
     distinct = [list(p) for p in index]
     p_ids, p_mask = pad_right(distinct, pad_id, device)  # [P, L_p]
-    rest = [c[:-1] for c in completion_ids]
-    width = max(len(r) for r in rest)
-    c_ids = torch.full((len(rest), width), pad_id, dtype=torch.long)
-    c_mask = torch.zeros((len(rest), width), dtype=torch.long)
-    for i, r in enumerate(rest):
-        c_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        c_mask[i, : len(r)] = 1
+    c_ids, c_mask = pad_right([c[:-1] for c in completion_ids], pad_id, device)  # [n, L_c]
     own = torch.tensor(owner, dtype=torch.long, device=device)
     lengths = p_mask.sum(1)[own]  # [n]
     columns = torch.cat([torch.arange(len(c), dtype=torch.long) for c in completion_ids])
-    return SharedPrompts(p_ids, p_mask, own, lengths - 1, c_ids.to(device),
-                         torch.cat([p_mask[own], c_mask.to(device)], 1),
-                         lengths[:, None] + torch.arange(width, device=device)[None], columns.to(device))
+    return SharedPrompts(p_ids, p_mask, own, lengths - 1, c_ids, torch.cat([p_mask[own], c_mask], 1),
+                         lengths[:, None] + torch.arange(c_ids.shape[1], device=device)[None], columns.to(device))
 
 
 def _per_token(seqs: list[TrainSequence], value, dtype=torch.float32) -> torch.Tensor:  # [M]
