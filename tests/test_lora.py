@@ -178,8 +178,10 @@ def test_updates_run_in_train_mode_so_gradient_checkpointing_recomputes(tmp_path
     from sgpo.trainer.trainer import PhaseTimer, Trainer
 
     tok = load_tokenizer(str(tiny_model_dir))
+    # every row whole (system.share_prompt_forward would add a pass per micro-batch for the prompts)
     cfg = load_config(None, _sets(tmp_path, tiny_model_dir, "grpo", "training.max_steps=1", "system.micro_batch_size=64",
-                                  f"model.gradient_checkpointing={str(checkpointing).lower()}"))
+                                  f"model.gradient_checkpointing={str(checkpointing).lower()}",
+                                  "system.share_prompt_forward=false"))
     trainer = Trainer(cfg, problems=build_problems(ROWS, "test"), model=_tiny(tiny_model_dir), tokenizer=tok,
                       generator=AlternatingGenerator(tok))
     batch = trainer.rollout(PhaseTimer())
