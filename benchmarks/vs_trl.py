@@ -163,7 +163,7 @@ def main() -> None:
     from transformers import TrainerCallback
 
     from sgpo.data import build_problems
-    from sgpo.demo.problems import make_problems
+    from sgpo.arithmetic import make_problems
     from sgpo.demo.run import DEMO_PROMPT
     from sgpo.generation import encode_prompts
     from sgpo.models import load_tokenizer, smollm2_path
