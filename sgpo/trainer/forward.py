@@ -18,7 +18,7 @@ import torch
 from sgpo.lora import base_model
 from sgpo.trainer.batch import SharedPrompts
 
-# decoder families whose cached forward is checked against the full one (tests/test_update.py)
+# decoder families whose cached forward is checked against the full one (tests/test_shared_prompt.py)
 SHARED_PROMPT_MODELS = ("llama", "qwen2")
 
 
