@@ -118,6 +118,9 @@ GROUPS: dict[str, tuple[str, ...]] = {}  # a name for several settings (--settin
 # setting name -> whether its cells may run yet, read from the done cells (a setting chosen by
 # other settings' results: the proximal dial's controls, sweep_claims.py); ungated settings always may
 GATES: dict[str, Callable[[dict[str, dict[str, Any]]], bool]] = {}
+# (setting, variant) -> whether that variant's cells may run yet (a pruned grid's second stage: the
+# proximal dial's constraint modes run only at the learning rate its `none` cells select)
+VARIANT_GATES: dict[tuple[str, str], Callable[[dict[str, dict[str, Any]]], bool]] = {}
 GUIDED_PROBE_SPLIT = "train-guided-probe"  # the trainer's guided probe problems (eval.probe_guided_problems)
 
 
@@ -269,6 +272,9 @@ def plan(done: dict[str, dict[str, Any]], settings: list[Setting]) -> list[Cell]
                 todo.append(initial)
                 continue
             for v in setting_variants(s):
+                gate = VARIANT_GATES.get((s.name, v.label))
+                if gate is not None and not gate(done):
+                    continue
                 ch, src = choices[v.label], choices.get(v.init_from)
                 if v.init_from and (src is None or Cell(s.name, "report", v.init_from, seed, src["lr"]).id not in done):
                     continue  # a two-stage variant waits for its first stage

@@ -9,7 +9,8 @@ group of settings; nothing runs unless named, the issue-16 setting ``pair`` stay
     PYTHONPATH=. python benchmarks/claims_report.py        # the dials' tables, from the cells
 
 Groups: ``trace`` (trace styles T0-T5), ``kl`` (KL vs imitation with partial strategies and
-G_g), ``proximal`` (updates per rollout x learning rate x constraint), ``proximal-controls`` (the
+G_g), ``proximal`` (updates per rollout x learning rate x constraint, in two stages: ``none``
+everywhere, then the constraint modes per U at the rate :func:`stage_two_lr` selects), ``proximal-controls`` (the
 initial model as teacher and the RL term off, gated: only the collapsing setting's run, once the
 grid's ``none`` cells name it, :func:`collapsing_setting`), ``quality`` (wrong or
 partial strategies x distill_on x weight mode), ``competence`` (biased pre-training prior),
@@ -157,6 +158,29 @@ def collapsing_setting(m: ModuleType, done: dict[str, dict]) -> str | None:
     return best
 
 
+def stage_two_lr(m: ModuleType, done: dict[str, dict], u: int) -> float | None:
+    """The proximal grid's second stage at ``u`` updates per rollout (claims-plan.md, amendment of
+    2026-12-02 21:45): the learning rate whose ``sgpo-none`` cells collapse in the most seeds, ties
+    to the smaller rate; the largest rate when none of them collapses. None until every ``none``
+    cell at ``u`` and its seed's initial cell is done."""
+    best, most = None, -1
+    names = [n for n in m.GROUPS["proximal"] if n.startswith(f"prox-u{u}-")]
+    for name in names:  # the grid's order: increasing learning rate
+        s = m.SETTINGS[name]
+        cells = [done.get(m.Cell(name, "report", "sgpo-none", seed, s.fixed_lr).id) for seed in s.seeds]
+        initial = [done.get(m.Cell(name, "initial", "initial", seed).id) for seed in s.seeds]
+        if any(c is None for c in cells + initial):
+            return None
+        flags = [collapsed(c, i, m.GUIDED_PROBE_SPLIT) for c, i in zip(cells, initial)]
+        if any(f is None for f in flags):
+            return None
+        if sum(flags) > most:  # type: ignore[arg-type]
+            best, most = s.fixed_lr, sum(flags)  # type: ignore[arg-type]
+    if most == 0:
+        return max(m.SETTINGS[n].fixed_lr for n in names)
+    return best
+
+
 def register(m: ModuleType) -> None:
     """Add the dials to the harness module ``m`` (its SETTINGS, EXTRA_VARIANTS, GROUPS and GATES)."""
     m.EXTRA_VARIANTS = tuple(v for v in m.EXTRA_VARIANTS if v.label not in {x.label for x in variants(m)}) + variants(m)
@@ -169,4 +193,10 @@ def register(m: ModuleType) -> None:
     for name in groups["proximal-controls"]:
         base = name.removesuffix("-controls")
         m.GATES[name] = lambda done, base=base: collapsing_setting(m, done) == base
+    for name in groups["proximal"]:  # stage two: the constraint modes only at the stage's learning rate
+        s = m.SETTINGS[name]
+        u = int(name.split("-")[1].removeprefix("u"))
+        for label in s.variants:
+            if label != "sgpo-none":
+                m.VARIANT_GATES[name, label] = lambda done, u=u, lr=s.fixed_lr: stage_two_lr(m, done, u) == lr
 

@@ -270,3 +270,27 @@ def test_a_small_proximal_control_runs_end_to_end(tmp_path, monkeypatch):
     assert all(v > 0 for _, v in m["probe/kl_initial"]) and all(v == 0 for _, v in m["loss/rl"])
     assert all(hi > 1 for _, hi in m["rl/ratio_max"]) and len(m["rl/ratio_p50"]) == 4
     assert rec["config"]["loss"]["rl_coef"] == 0.0 and rec["config"]["eval"]["probe_guided_problems"] == 32
+
+
+def test_constraint_modes_run_only_at_each_u_stage_two_rate():
+    """The pruned proximal grid (claims-plan.md, amendment 2026-12-02 21:45): stage one is `none`
+    at every (U, lr); at each U the constraint modes run only at the rate whose `none` cells
+    collapsed in the most seeds (ties: the smaller rate; nothing collapsed: the largest rate), and
+    only once every `none` cell at that U is done."""
+    import sweep_claims
+
+    prox = sweep.settings_named("proximal")
+    done = _prox_done({"prox-u1-lr3e-04": 2, "prox-u1-lr1e-03": 2, "prox-u4-lr1e-04": 1, "prox-u4-lr1e-03": 4})
+    assert [sweep_claims.stage_two_lr(sweep, done, u) for u in (1, 4, 8)] == [3e-4, 1e-3, 1e-3]
+    modes = {(c.setting, c.variant) for c in sweep.plan(done, prox)}
+    assert modes == {("prox-u1-lr3e-04", "sgpo"), ("prox-u1-lr3e-04", "sgpo-c3"),
+                     *{("prox-u4-lr1e-03", v) for v in ("sgpo", "sgpo-c1", "sgpo-c3")},
+                     *{("prox-u8-lr1e-03", v) for v in ("sgpo", "sgpo-c1", "sgpo-c3", "sgpo-tau0.1", "sgpo-tau0.5")}}
+    # stage one first: with one `none` cell at U = 4 missing, U = 4's modes wait, the others do not
+    partial = dict(done)
+    del partial[sweep.Cell("prox-u4-lr3e-04", "report", "sgpo-none", 2, 3e-4).id]
+    assert sweep_claims.stage_two_lr(sweep, partial, 4) is None
+    todo = {(c.setting, c.variant) for c in sweep.plan(partial, prox)}
+    assert ("prox-u4-lr3e-04", "sgpo-none") in todo and not any(s.startswith("prox-u4") and v != "sgpo-none"
+                                                                  for s, v in todo)
+    assert ("prox-u1-lr3e-04", "sgpo-c3") in todo
