@@ -79,6 +79,7 @@ def results_table(done: dict[str, dict], settings: list[str]) -> list[str]:
     accuracy (mean ± sd over seeds, %)."""
     lines = ["| setting | variant | seeds | " + " | ".join(SPLITS) + " | initial trace NLL | execution | p_a | p_g |",
              "|---|---|---:|" + "---:|" * len(SPLITS) + "---:|---:|---:|---:|"]
+    missing: list[str] = []
     for name in settings:
         init = _cells(done, name, "initial")
         cap = [c["capability"] for c in init.values() if "capability" in c]
@@ -86,8 +87,15 @@ def results_table(done: dict[str, dict], settings: list[str]) -> list[str]:
                 _ms([c["splits"]["heldout-guided"]["avg@k"] for c in init.values() if "heldout-guided" in c["splits"]])]
         for v in sweep.setting_variants(sweep.SETTINGS[name]):
             cells = _cells(done, name, v.label)
+            if not cells:
+                missing.append(f"{name}/{v.label}")
+                continue
             lines.append(f"| {name} | {v.label} | {len(cells)} | " + " | ".join(_ms(_acc(cells, sp)) for sp in SPLITS)
                          + " | " + " | ".join(axes) + " |")
+    if len(lines) == 2:
+        return [f"Not run yet ({len(missing)} registered cells' variants)", ""]
+    if missing:
+        lines += ["", f"Registered, not run (yet): {', '.join(missing)}."]
     return lines + [""]
 
 
@@ -121,6 +129,153 @@ def proximal_table(done: dict[str, dict]) -> list[str]:
                          f"{_ms([max(c) for c in curves])} | {_ms([c[-1] for c in curves])} | "
                          f"{_ms([statistics.fmean(c) for c in curves])} |")
     return lines + [""]
+
+
+def _u_lr(name: str) -> tuple[int, float]:
+    s = sweep.SETTINGS[name]
+    return int(name.split("-")[1].removeprefix("u")), float(s.fixed_lr)  # type: ignore[arg-type]
+
+
+def _first_collapse(cell: dict[str, Any], initial: dict[str, Any] | None) -> int | None:
+    """The step of the first guided training probe below half of its step-0 value (the plan's
+    rule, :func:`sweep_claims.collapsed`); None when the run never collapses or lacks the probe."""
+    start = (initial or {}).get("splits", {}).get(sweep.GUIDED_PROBE_SPLIT, {}).get("avg@k")
+    for step, v in cell.get("metrics", {}).get("probe/guided_accuracy", []):
+        if start is not None and v < 0.5 * start:
+            return int(step)
+    return None
+
+
+def proximal_collapse_grid(done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
+    """Stage one: how many seeds of ``sgpo-none`` collapse at each (U, lr), and which rate each
+    U's stage two runs at (:func:`sweep_claims.stage_two_lr`)."""
+    import sweep_claims
+
+    rates = sorted({_u_lr(n)[1] for n in sweep.GROUPS["proximal"]})
+    us = sorted({_u_lr(n)[0] for n in sweep.GROUPS["proximal"]})
+    grid: dict[str, Any] = {}
+    lines = ["Seeds of `sgpo-none` (no constraint) that collapsed, of those run (collapse: the guided "
+             "training probe below half of its step-0 value at any probe); * marks each U's stage-two rate.", "",
+             "| U (updates per rollout) | " + " | ".join(f"lr {r:.0e}" for r in rates) + " |",
+             "|---|" + "---:|" * len(rates)]
+    for u in us:
+        stage = sweep_claims.stage_two_lr(sweep, done, u)
+        row = []
+        for r in rates:
+            name = f"prox-u{u}-lr{r:.0e}"
+            initial = _cells(done, name, "initial")
+            cells = _cells(done, name, "sgpo-none")
+            n = sum(_first_collapse(c, initial.get(seed)) is not None for seed, c in cells.items())
+            grid[name] = {"collapsed": n, "seeds": len(cells)}
+            row.append(f"{n}/{len(cells)}" + (" *" if stage == r else ""))
+        grid[f"u{u}-stage-two-lr"] = stage
+        lines.append(f"| {u} | " + " | ".join(row) + " |")
+    return lines + [""], grid
+
+
+def _area(cell: dict[str, Any]) -> float:
+    return statistics.fmean(p["accuracy"] for p in cell["curve"])
+
+
+def proximal_modes(done: dict[str, dict]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Stage two: at each U's stage-two setting every constraint mode minus ``none``, paired by
+    seed, on the area under the held-out probe curve and on the final held-out accuracy (Holm
+    over this table's tests); and the collapse counts side by side."""
+    tests: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for name in sweep.GROUPS["proximal"]:
+        base = _cells(done, name, "sgpo-none")
+        for v in sweep.SETTINGS[name].variants:
+            if v == "sgpo-none":
+                continue
+            cells = _cells(done, name, v)
+            seeds = sorted(set(cells) & set(base))
+            if len(seeds) < 2:
+                continue
+            for what, f in (("area", _area), ("final held-out", lambda c: c["splits"]["heldout"]["avg@k"])):
+                t = stats.paired_t_test([f(cells[s]) for s in seeds], [f(base[s]) for s in seeds])
+                tests.append({"a": f"{name}/{v}", "b": f"{name}/sgpo-none", "split": what, "seeds": seeds, **t})
+    return _comparisons("proximal: each constraint mode minus none at the stage-two settings", tests), tests
+
+
+def kl_before_collapse(done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
+    """The controls' prediction (1): in the `none` runs that collapse, the policy's KL to the
+    initial model at the probe before the collapse, against the runs that do not collapse at the
+    same probe step (mean over runs; every (U, lr) of the grid)."""
+    before, calm = [], []
+    steps = []
+    for name in sweep.GROUPS["proximal"]:
+        initial = _cells(done, name, "initial")
+        for seed, c in _cells(done, name, "sgpo-none").items():
+            kl = dict((int(s), v) for s, v in c.get("metrics", {}).get("probe/kl_initial", []))
+            at = _first_collapse(c, initial.get(seed))
+            if at is not None:
+                prior = [s for s in kl if s < at]
+                if prior:
+                    before.append(kl[max(prior)])
+                    steps.append(max(prior))
+            else:
+                calm.append(kl)
+    data: dict[str, Any] = {"collapsing_runs_with_a_prior_probe": len(before), "calm_runs": len(calm)}
+    if not before or not calm:
+        return ["KL before collapse: not enough runs yet.", ""], data
+    at = int(statistics.median(steps))
+    calm_at = [kl[at] for kl in calm if at in kl]
+    data.update(kl_before=statistics.fmean(before), median_step=at,
+                kl_calm=statistics.fmean(calm_at) if calm_at else None)
+    text = (f"KL(policy || initial) on the unguided probe, at the probe before the collapse in the {len(before)} "
+            f"collapsing `none` runs that had one: {statistics.fmean(before):.3f} (median step {at}); in the "
+            f"{len(calm_at)} runs that never collapse, at step {at}: "
+            + (f"{statistics.fmean(calm_at):.3f}." if calm_at else "—."))
+    return [text, ""], data
+
+
+def plot_proximal(done: dict[str, dict], path: Path) -> bool:
+    """Guided training probe and held-out probe against steps, mean over seeds, every variant of
+    every proximal setting with more than `none` run (the stage-two settings) and the controls."""
+    panels = []
+    for name in sweep.GROUPS["proximal"]:
+        ctl = f"{name}-controls"
+        labels = [(name, v) for v in sweep.SETTINGS[name].variants] + [(ctl, v) for v in sweep.SETTINGS[ctl].variants]
+        series = {}
+        for setting, v in labels:
+            cells = [c for c in _cells(done, setting, v).values() if c.get("curve")]
+            if not cells:
+                continue
+            g = [c["metrics"].get("probe/guided_accuracy", []) for c in cells]
+            n = min(len(x) for x in g)
+            m = min(len(c["curve"]) for c in cells)
+            if n == 0 or m == 0:
+                continue
+            series[f"{v} ({len(cells)})"] = ([g[0][i][0] for i in range(n)],
+                                             [statistics.fmean(x[i][1] for x in g) for i in range(n)],
+                                             [cells[0]["curve"][i]["step"] for i in range(m)],
+                                             [statistics.fmean(c["curve"][i]["accuracy"] for c in cells) for i in range(m)])
+        if len(series) > 1:
+            panels.append((name, series))
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.2 * len(panels)), squeeze=False)
+    for row, (name, series) in zip(axes, panels):
+        for label, (gx, gy, hx, hy) in series.items():
+            style = "--" if "initial" in label or "norl" in label else "-"
+            row[0].plot(gx, [100 * v for v in gy], style, marker="o", ms=2, label=label)
+            row[1].plot(hx, [100 * v for v in hy], style, marker="o", ms=2, label=label)
+        row[0].set_title(f"{name}: guided success, training probe (%)", fontsize=9)
+        row[1].set_title(f"{name}: held-out accuracy, unguided probe (%)", fontsize=9)
+        for ax in row:
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def dial_tests(done: dict[str, dict]) -> dict[str, list[dict[str, Any] | None]]:
@@ -207,6 +362,15 @@ def report(cells_dir: Path, out: Path) -> int:
         text += [f"## {group}", ""] + results_table(done, list(sweep.GROUPS[group]))
         if group == "proximal":
             text += proximal_table(done)
+            lines, data["proximal_grid"] = proximal_collapse_grid(done)
+            text += ["### Stage one: collapses without a constraint", ""] + lines
+            lines, data["proximal_modes"] = proximal_modes(done)
+            text += lines
+            lines, data["kl_before_collapse"] = kl_before_collapse(done)
+            text += ["### The policy's drift before a collapse", ""] + lines
+            plot = out.with_name("claims-proximal.png")
+            if plot_proximal(done, plot):
+                text += [f"![proximal dial]({plot.name})", ""]
     ax = trace_axis(done)
     rho = "—" if ax["spearman"] is None else f"{ax['spearman']:+.2f}"
     text += ["## The trace dial's axis", "", f"Spearman rank correlation of SFT's held-out accuracy with the initial "

@@ -294,3 +294,34 @@ def test_constraint_modes_run_only_at_each_u_stage_two_rate():
     assert ("prox-u4-lr3e-04", "sgpo-none") in todo and not any(s.startswith("prox-u4") and v != "sgpo-none"
                                                                   for s, v in todo)
     assert ("prox-u1-lr3e-04", "sgpo-c3") in todo
+
+
+def test_proximal_report_counts_collapses_per_u_and_pairs_modes_with_none(tmp_path):
+    """The dial-3 tables read the cells the way the plan states them: collapses of `none` per
+    (U, lr) with each U's stage-two rate marked, every mode minus `none` paired by seed on the area
+    under the held-out curve and on the final held-out accuracy, and the KL before a collapse."""
+    import claims_report
+
+    done = _prox_done({"prox-u4-lr1e-03": 4})
+    for seed in FIVE:  # held-out curves and the KL probe: none at 20%, c2 at 60%
+        for label, acc in (("sgpo-none", 0.2), ("sgpo", 0.6)):
+            cid = sweep.Cell("prox-u4-lr1e-03", "report", label, seed, 1e-3).id
+            cell = done.setdefault(cid, {"metrics": {"probe/guided_accuracy": [[10, 0.8], [20, 0.8], [30, 0.8]]}})
+            cell.update(curve=[{"step": s, "accuracy": acc + 0.01 * seed} for s in (10, 20, 30)],
+                        splits={"heldout": {"avg@k": acc + 0.01 * seed}})
+            cell["metrics"]["probe/kl_initial"] = [[10, 0.5 if seed < 4 else 0.1], [20, 0.9], [30, 1.0]]
+    for cid, r in done.items():  # the report finds cells by their id's fields
+        name, phase, variant = cid.split("/")[:3]
+        r.update(cell=cid, phase=phase, variant=variant)
+        r.setdefault("seed", int(cid.rsplit("seed-", 1)[1]))
+    lines, grid = claims_report.proximal_collapse_grid(done)
+    assert grid["prox-u4-lr1e-03"] == {"collapsed": 4, "seeds": 5} and grid["u4-stage-two-lr"] == 1e-3
+    assert grid["prox-u8-lr1e-03"]["collapsed"] == 0 and grid["u8-stage-two-lr"] == 1e-3
+    assert any(line.startswith("| 4 |") and "4/5 *" in line for line in lines)
+    _, tests = claims_report.proximal_modes(done)
+    assert {(t["a"], t["split"]) for t in tests} == {("prox-u4-lr1e-03/sgpo", "area"),
+                                                     ("prox-u4-lr1e-03/sgpo", "final held-out")}
+    assert all(abs(t["mean_diff"] - 0.4) < 1e-9 and t["n"] == 5 for t in tests)
+    _, kl = claims_report.kl_before_collapse(done)
+    assert kl["collapsing_runs_with_a_prior_probe"] == 4 and abs(kl["kl_before"] - 0.5) < 1e-9
+    assert kl["median_step"] == 10 and abs(kl["kl_calm"] - 0.1) < 1e-9
