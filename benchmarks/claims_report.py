@@ -219,7 +219,7 @@ def kl_before_collapse(done: dict[str, dict]) -> tuple[list[str], dict[str, Any]
     data: dict[str, Any] = {"collapsing_runs_with_a_prior_probe": len(before), "calm_runs": len(calm)}
     if not before or not calm:
         return ["KL before collapse: not enough runs yet.", ""], data
-    at = int(statistics.median(steps))
+    at = int(statistics.median_low(steps))  # a probe step
     calm_at = [kl[at] for kl in calm if at in kl]
     data.update(kl_before=statistics.fmean(before), median_step=at,
                 kl_calm=statistics.fmean(calm_at) if calm_at else None)
