@@ -181,6 +181,27 @@ def stage_two_lr(m: ModuleType, done: dict[str, dict], u: int) -> float | None:
     return best
 
 
+def stage_two_done(m: ModuleType, done: dict[str, dict]) -> bool:
+    """Stages one and two of the proximal grid and the controls are all done (amendment of
+    2026-12-02 21:58: the rest of the registered grid runs after them)."""
+    for name in m.GROUPS["proximal"]:
+        s = m.SETTINGS[name]
+        u = int(name.split("-")[1].removeprefix("u"))
+        lr = stage_two_lr(m, done, u)
+        if lr is None:
+            return False
+        labels = s.variants if lr == s.fixed_lr else ("sgpo-none",)
+        if any(m.Cell(name, "report", v, seed, s.fixed_lr).id not in done for v in labels for seed in s.seeds):
+            return False
+    target = collapsing_setting(m, done)
+    if target is not None:
+        ctl = m.SETTINGS[f"{target}-controls"]
+        if any(m.Cell(ctl.name, "report", v, seed, ctl.fixed_lr).id not in done for v in ctl.variants
+               for seed in ctl.seeds):
+            return False
+    return True
+
+
 def register(m: ModuleType) -> None:
     """Add the dials to the harness module ``m`` (its SETTINGS, EXTRA_VARIANTS, GROUPS and GATES)."""
     m.EXTRA_VARIANTS = tuple(v for v in m.EXTRA_VARIANTS if v.label not in {x.label for x in variants(m)}) + variants(m)
@@ -193,10 +214,11 @@ def register(m: ModuleType) -> None:
     for name in groups["proximal-controls"]:
         base = name.removesuffix("-controls")
         m.GATES[name] = lambda done, base=base: collapsing_setting(m, done) == base
-    for name in groups["proximal"]:  # stage two: the constraint modes only at the stage's learning rate
+    for name in groups["proximal"]:  # stage two: the constraint modes at the stage's learning rate; then the rest
         s = m.SETTINGS[name]
         u = int(name.split("-")[1].removeprefix("u"))
         for label in s.variants:
             if label != "sgpo-none":
-                m.VARIANT_GATES[name, label] = lambda done, u=u, lr=s.fixed_lr: stage_two_lr(m, done, u) == lr
+                m.VARIANT_GATES[name, label] = lambda done, u=u, lr=s.fixed_lr: (stage_two_lr(m, done, u) == lr
+                                                                                 or stage_two_done(m, done))
 

@@ -325,3 +325,26 @@ def test_proximal_report_counts_collapses_per_u_and_pairs_modes_with_none(tmp_pa
     _, kl = claims_report.kl_before_collapse(done)
     assert kl["collapsing_runs_with_a_prior_probe"] == 4 and abs(kl["kl_before"] - 0.5) < 1e-9
     assert kl["median_step"] == 10 and abs(kl["kl_calm"] - 0.1) < 1e-9
+
+
+def test_the_rest_of_the_proximal_grid_runs_once_stage_two_and_the_controls_are_done():
+    """Amendment 2026-12-02 21:58: after stage two and the controls, every other registered cell
+    of the grid runs (the plan's full grid); not before."""
+    import sweep_claims
+
+    prox = sweep.settings_named("proximal")
+    done = _prox_done({"prox-u1-lr3e-04": 5, "prox-u4-lr1e-04": 3, "prox-u4-lr3e-04": 5})
+    stage_two = {(c.setting, c.variant, c.seed) for c in sweep.plan(done, prox)}
+    assert {s for s, _, _ in stage_two} == {"prox-u1-lr3e-04", "prox-u4-lr3e-04", "prox-u8-lr1e-03"}
+    assert not sweep_claims.stage_two_done(sweep, done)
+    for setting, variant, seed in stage_two:
+        done[sweep.Cell(setting, "report", variant, seed, sweep.SETTINGS[setting].fixed_lr).id] = {}
+    assert sweep_claims.collapsing_setting(sweep, done) == "prox-u1-lr3e-04"
+    assert not sweep_claims.stage_two_done(sweep, done)  # the controls are not done yet
+    for v in sweep_claims.CONTROLS:
+        for seed in FIVE:
+            done[sweep.Cell("prox-u1-lr3e-04-controls", "report", v, seed, 3e-4).id] = {}
+    assert sweep_claims.stage_two_done(sweep, done)
+    rest = {(c.setting, c.variant) for c in sweep.plan(done, prox)}
+    registered = {(n, v) for n in sweep.GROUPS["proximal"] for v in sweep.SETTINGS[n].variants if v != "sgpo-none"}
+    assert rest == registered - {(s, v) for s, v, _ in stage_two}
