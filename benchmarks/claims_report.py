@@ -173,13 +173,42 @@ def proximal_collapse_grid(done: dict[str, dict]) -> tuple[list[str], dict[str, 
     return lines + [""], grid
 
 
+def proximal_matrix(done: dict[str, dict]) -> list[str]:
+    """Every mode (rows) at every (U, lr) (columns): seeds collapsed of those run, and the mean
+    area under the held-out probe curve (%); blank where the mode does not run at that U."""
+    names = list(sweep.GROUPS["proximal"])
+    modes: list[str] = []
+    for n in names:
+        modes += [v for v in sweep.SETTINGS[n].variants if v not in modes]
+    head = [f"U{_u_lr(n)[0]} {_u_lr(n)[1]:.0e}" for n in names]
+    lines = ["Collapsed seeds / seeds run, and the area under the held-out probe curve (mean over seeds, %), "
+             "per mode and (U, learning rate); `sgpo` is c2 (tau 0.2), the default.", "",
+             "| mode | " + " | ".join(head) + " |", "|---|" + "---:|" * len(names)]
+    for v in modes:
+        row = []
+        for n in names:
+            if v not in sweep.SETTINGS[n].variants:
+                row.append("")
+                continue
+            initial = _cells(done, n, "initial")
+            cells = _cells(done, n, v)
+            if not cells:
+                row.append("not run")
+                continue
+            k = sum(_first_collapse(c, initial.get(seed)) is not None for seed, c in cells.items())
+            areas = [_area(c) for c in cells.values() if c.get("curve")]
+            row.append(f"{k}/{len(cells)}, " + (f"{100 * statistics.fmean(areas):.1f}" if areas else "—"))
+        lines.append(f"| {v} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
 def _area(cell: dict[str, Any]) -> float:
     return statistics.fmean(p["accuracy"] for p in cell["curve"])
 
 
 def proximal_modes(done: dict[str, dict]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Stage two: at each U's stage-two setting every constraint mode minus ``none``, paired by
-    seed, on the area under the held-out probe curve and on the final held-out accuracy (Holm
+    """Every constraint mode minus ``none`` at the same (U, lr) (stage two's settings first, the
+    rest of the grid as it runs), paired by seed, on the area under the held-out probe curve and on the final held-out accuracy (Holm
     over this table's tests); and the collapse counts side by side."""
     tests: list[dict[str, Any]] = []
     lines: list[str] = []
@@ -195,7 +224,7 @@ def proximal_modes(done: dict[str, dict]) -> tuple[list[str], list[dict[str, Any
             for what, f in (("area", _area), ("final held-out", lambda c: c["splits"]["heldout"]["avg@k"])):
                 t = stats.paired_t_test([f(cells[s]) for s in seeds], [f(base[s]) for s in seeds])
                 tests.append({"a": f"{name}/{v}", "b": f"{name}/sgpo-none", "split": what, "seeds": seeds, **t})
-    return _comparisons("proximal: each constraint mode minus none at the stage-two settings", tests), tests
+    return _comparisons("proximal: each constraint mode minus none at the same (U, lr)", tests), tests
 
 
 def kl_before_collapse(done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
@@ -364,6 +393,7 @@ def report(cells_dir: Path, out: Path) -> int:
             text += proximal_table(done)
             lines, data["proximal_grid"] = proximal_collapse_grid(done)
             text += ["### Stage one: collapses without a constraint", ""] + lines
+            text += ["### Every mode at every (U, lr)", ""] + proximal_matrix(done)
             lines, data["proximal_modes"] = proximal_modes(done)
             text += lines
             lines, data["kl_before_collapse"] = kl_before_collapse(done)

@@ -322,6 +322,10 @@ def test_proximal_report_counts_collapses_per_u_and_pairs_modes_with_none(tmp_pa
     assert {(t["a"], t["split"]) for t in tests} == {("prox-u4-lr1e-03/sgpo", "area"),
                                                      ("prox-u4-lr1e-03/sgpo", "final held-out")}
     assert all(abs(t["mean_diff"] - 0.4) < 1e-9 and t["n"] == 5 for t in tests)
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in claims_report.proximal_matrix(done) if line.startswith("| sgpo")}
+    column = 1 + list(sweep.GROUPS["proximal"]).index("prox-u4-lr1e-03")
+    assert rows["| sgpo-none"][column] == "4/5, 22.0" and rows["| sgpo"][column] == "0/5, 62.0"
+    assert rows["| sgpo-c1"][column] == "not run" and rows["| sgpo-c1"][1] == ""  # c1 is not in U = 1's row
     _, kl = claims_report.kl_before_collapse(done)
     assert kl["collapsing_runs_with_a_prior_probe"] == 4 and abs(kl["kl_before"] - 0.5) < 1e-9
     assert kl["median_step"] == 10 and abs(kl["kl_calm"] - 0.1) < 1e-9
