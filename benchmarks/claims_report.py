@@ -88,7 +88,9 @@ def results_table(done: dict[str, dict], settings: list[str]) -> list[str]:
         for v in sweep.setting_variants(sweep.SETTINGS[name]):
             cells = _cells(done, name, v.label)
             if not cells:
-                missing.append(f"{name}/{v.label}")
+                gate = sweep.GATES.get(name)
+                if gate is None or gate(done):  # a closed gate's cells are not due (the controls elsewhere)
+                    missing.append(f"{name}/{v.label}")
                 continue
             lines.append(f"| {name} | {v.label} | {len(cells)} | " + " | ".join(_ms(_acc(cells, sp)) for sp in SPLITS)
                          + " | " + " | ".join(axes) + " |")
@@ -224,7 +226,18 @@ def proximal_modes(done: dict[str, dict]) -> tuple[list[str], list[dict[str, Any
             for what, f in (("area", _area), ("final held-out", lambda c: c["splits"]["heldout"]["avg@k"])):
                 t = stats.paired_t_test([f(cells[s]) for s in seeds], [f(base[s]) for s in seeds])
                 tests.append({"a": f"{name}/{v}", "b": f"{name}/sgpo-none", "split": what, "seeds": seeds, **t})
-    return _comparisons("proximal: each constraint mode minus none at the same (U, lr)", tests), tests
+    for name in sweep.GROUPS["proximal"]:  # the controls, where they ran, against `none` on the same seeds
+        base = _cells(done, name, "sgpo-none")
+        ctl = f"{name}-controls"
+        for v in sweep.SETTINGS[ctl].variants:
+            cells = _cells(done, ctl, v)
+            seeds = sorted(set(cells) & set(base))
+            if len(seeds) < 2:
+                continue
+            for what, f in (("area", _area), ("final held-out", lambda c: c["splits"]["heldout"]["avg@k"])):
+                t = stats.paired_t_test([f(cells[s]) for s in seeds], [f(base[s]) for s in seeds])
+                tests.append({"a": f"{ctl}/{v}", "b": f"{name}/sgpo-none", "split": what, "seeds": seeds, **t})
+    return _comparisons("proximal: each constraint mode and control minus none at the same (U, lr)", tests), tests
 
 
 def kl_before_collapse(done: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
